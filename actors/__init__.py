@@ -1,0 +1,25 @@
+"""What ``dramatiq actors`` loads: the settings, then the broker and its middleware, then every actor.
+
+Apps import from here too (``from actors.transcription import transcribe``): importing any
+actor module configures the process the same way a worker is configured.
+"""
+
+import sys
+
+from actors.embedded_redis import EmbeddedRedisError
+from actors.settings import Settings, SettingsError
+from actors.system import configure
+
+try:
+    system = configure(Settings.from_env())
+except (SettingsError, EmbeddedRedisError) as error:
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+
+broker = system.broker
+
+# Actor modules are imported only now, after the broker is set: an actor declared earlier would
+# silently get a default broker of Dramatiq's own.
+from actors import transcription  # noqa: E402
+
+__all__ = ["broker", "system", "transcription"]

@@ -1,0 +1,73 @@
+"""Builds the broker and its ordered middleware stack: the one place the stack is assembled."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    Pipelines,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from actors.embedded_redis import ensure_embedded_redis
+from actors.schema import schema_problem
+from actors.settings import Settings
+from middleware.boot_checks import BootChecks
+from middleware.checkpoints import Checkpoints
+from middleware.database import Database
+from middleware.retries import Retries
+from middleware.routing import DurationRouting
+
+
+def build_middleware(settings: Settings, database: Database) -> Sequence[Middleware]:
+    """The stack, in order: ``before_*`` hooks run top to bottom, ``after_*`` bottom to top."""
+    return [
+        # Refuses to start a worker whose database schema is behind, before it takes a message.
+        BootChecks(checks=[lambda: schema_problem(database)]),
+        # Drops messages past their max_age before any work is spent on them.
+        AgeLimit(),
+        # Enforces each message's time_limit; routing gives every routed message its queue's limit.
+        TimeLimit(),
+        # Raises Shutdown in actors declared notify_shutdown=True, so a deploy interrupts a long
+        # job at once (it keeps its checkpoint) instead of waiting out the shutdown timeout.
+        ShutdownNotifications(),
+        # Dramatiq's composition features (on_success/on_failure callbacks, pipelines).
+        Callbacks(),
+        Pipelines(),
+        # Lets actors read the message they are running (its id, options).
+        CurrentMessage(),
+        # Retries failures with backoff; hands interrupted jobs back without spending an attempt.
+        Retries(max_retries=5, min_backoff=2_000, max_backoff=300_000),
+        # Gives checkpointed actors their saved position and completes it when they succeed.
+        Checkpoints(database=database),
+        # Sends long recordings to the large queue with the long time limit, when messages are built.
+        DurationRouting(
+            large_threshold_ms=settings.large_threshold_ms,
+            regular_time_limit_ms=settings.regular_time_limit_ms,
+            large_time_limit_ms=settings.large_time_limit_ms,
+        ),
+    ]
+
+
+def build_broker(settings: Settings, database: Database) -> dramatiq.Broker:
+    middleware = build_middleware(settings, database)
+    url = settings.broker_url
+    if url is not None and url.startswith(("amqp://", "amqps://")):
+        return RabbitmqBroker(url=url, middleware=middleware)
+    if url is None:
+        url = ensure_embedded_redis(settings.state_dir)
+    return RedisBroker(
+        url=url,
+        middleware=middleware,
+        namespace=settings.redis_namespace,
+        heartbeat_timeout=settings.redis_heartbeat_timeout_ms,
+        maintenance_chance=settings.redis_maintenance_chance,
+    )

@@ -1,0 +1,51 @@
+"""The schema's version: Alembic migrations in ``actors/migrations`` cover every table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.exc import SQLAlchemyError
+
+from middleware.database import Database
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(database: Database) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # Passed as an attribute, not an option: option values go through configparser, which
+    # would choke on the '%' of a URL-encoded password.
+    config.attributes["database"] = database
+    return config
+
+
+def upgrade(database: Database, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database), revision)
+
+
+def required_revisions() -> set[str]:
+    return set(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
+
+
+def current_revisions(database: Database) -> set[str]:
+    with database.engine.connect() as connection:
+        return set(MigrationContext.configure(connection).get_current_heads())
+
+
+def schema_problem(database: Database) -> str | None:
+    """None when the database schema is the one this code needs, else what to do about it."""
+    try:
+        current = current_revisions(database)
+    except SQLAlchemyError as error:
+        return f"cannot reach the database ({type(error).__name__}: {error.orig or error})."
+    required = required_revisions()
+    if current == required:
+        return None
+    needed = ", ".join(sorted(required))
+    found = f"is at {', '.join(sorted(current))}" if current else "has no schema"
+    return f"the database {found} but this code needs schema {needed}; run `python -m ops db upgrade`."

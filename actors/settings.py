@@ -1,0 +1,129 @@
+"""Settings.from_env(): the only code in the project that reads ``os.environ``.
+
+Every value is checked when it is read, so a worker with a bad setting stops at start with a
+message that names the variable, says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+MINUTE_MS = 60_000
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is invalid; the message says how to fix it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    #: ``redis://``, ``rediss://``, ``unix://`` or ``amqp://``; None means the embedded Redis.
+    broker_url: str | None
+    #: Any SQLAlchemy URL; PostgreSQL URLs are normalised to the psycopg 3 driver.
+    database_url: str
+    state_dir: Path
+    #: Key prefix of every Redis key the broker writes, so several systems can share one Redis.
+    redis_namespace: str = "dramatiq"
+    #: How long a Redis worker may go without a heartbeat before its messages are handed back.
+    redis_heartbeat_timeout_ms: int = 60_000
+    #: Out of a million broker commands, how many run the maintenance that hands them back.
+    redis_maintenance_chance: int = 1_000
+    transcription_engine: str = "pocketsphinx"
+    transcription_segment_ms: int = 30_000
+    #: Recordings longer than this go to the large queue.
+    large_threshold_ms: int = 40 * MINUTE_MS
+    regular_time_limit_ms: int = 20 * MINUTE_MS
+    large_time_limit_ms: int = 180 * MINUTE_MS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = _Environment(os.environ if environ is None else environ)
+        state_dir = Path(env.text("STATE_DIR", "./var")).expanduser().resolve()
+        default_database = f"sqlite:///{state_dir / 'jobs.sqlite3'}"
+        settings = cls(
+            broker_url=_broker_url(env.text("BROKER_URL", "") or None),
+            database_url=_database_url(env.text("DATABASE_URL", "") or default_database),
+            state_dir=state_dir,
+            redis_namespace=env.text("REDIS_NAMESPACE", "dramatiq"),
+            redis_heartbeat_timeout_ms=env.integer("REDIS_HEARTBEAT_TIMEOUT_MS", 60_000, minimum=1_000),
+            redis_maintenance_chance=env.integer("REDIS_MAINTENANCE_CHANCE", 1_000, minimum=0, maximum=1_000_000),
+            transcription_engine=env.choice("TRANSCRIPTION_ENGINE", "pocketsphinx", {"pocketsphinx", "echo"}),
+            transcription_segment_ms=env.integer("TRANSCRIPTION_SEGMENT_MS", 30_000, minimum=1_000),
+            large_threshold_ms=env.integer("LARGE_THRESHOLD_MS", 40 * MINUTE_MS, minimum=1),
+            regular_time_limit_ms=env.integer("REGULAR_TIME_LIMIT_MS", 20 * MINUTE_MS, minimum=1_000),
+            large_time_limit_ms=env.integer("LARGE_TIME_LIMIT_MS", 180 * MINUTE_MS, minimum=1_000),
+        )
+        if settings.large_time_limit_ms < settings.regular_time_limit_ms:
+            raise SettingsError(
+                f"LARGE_TIME_LIMIT_MS ({settings.large_time_limit_ms}) is shorter than "
+                f"REGULAR_TIME_LIMIT_MS ({settings.regular_time_limit_ms}); the large queue holds the "
+                "long recordings, so give it the longer limit."
+            )
+        return settings
+
+
+class _Environment:
+    """Typed, validated reads of environment variables."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def text(self, name: str, default: str) -> str:
+        return self.environ.get(name, default).strip()
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        raw = self.environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw.replace("_", ""))
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a whole number; set it like {name}={default}.") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise SettingsError(f"{name}={value} is out of range; it must be {bounds} (default {default}).")
+        return value
+
+    def choice(self, name: str, default: str, choices: set[str]) -> str:
+        value = self.text(name, default)
+        if value not in choices:
+            raise SettingsError(f"{name}={value!r} is not one of: {', '.join(sorted(choices))}.")
+        return value
+
+
+_BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "amqp://", "amqps://")
+
+
+def _broker_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.startswith(_BROKER_SCHEMES):
+        raise SettingsError(
+            f"BROKER_URL={value!r} is not a broker URL. Use redis://HOST:6379/DB or "
+            "amqp://USER:PASSWORD@HOST:5672/VHOST, or unset it to use the embedded Redis."
+        )
+    return value
+
+
+def _database_url(value: str) -> str:
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise SettingsError(
+            f"DATABASE_URL={value!r} is not a SQLAlchemy URL. Use "
+            "postgresql+psycopg://USER@HOST:5432/DB or sqlite:///PATH, or unset it for SQLite in STATE_DIR."
+        ) from None
+    # Plain postgresql:// would pick psycopg2, which is not installed: psycopg 3 is the driver.
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() not in ("postgresql", "sqlite"):
+        raise SettingsError(
+            f"DATABASE_URL uses {url.get_backend_name()!r}; supported databases are PostgreSQL and SQLite."
+        )
+    return url.render_as_string(hide_password=False)

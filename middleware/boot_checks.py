@@ -1,0 +1,33 @@
+"""Fail fast at worker boot: a worker that cannot do its job stops before taking any message.
+
+Each check returns None when all is well, or a sentence saying what is wrong and how to fix
+it. A failed check ends the worker process with exit code 2 (the ``dramatiq`` CLI's code for a
+bad start) and that sentence, instead of a worker that fails every message it takes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+logger = logging.getLogger("middleware.boot_checks.BootChecks")
+
+EXIT_BAD_START = 2
+
+
+class BootChecks(Middleware):
+    def __init__(self, *, checks: Sequence[Callable[[], str | None]]) -> None:
+        self.checks = list(checks)
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        for check in self.checks:
+            problem = check()
+            if problem is not None:
+                logger.critical("Worker cannot start: %s", problem)
+                print(f"error: worker cannot start: {problem}", file=sys.stderr, flush=True)
+                # SystemExit is not an Exception, so Dramatiq's hook runner does not swallow it.
+                raise SystemExit(EXIT_BAD_START)

@@ -1,0 +1,203 @@
+"""Progressive checkpoints: a long job saves its position with its output, and resumes from it.
+
+1. An actor declared with ``checkpointed=True`` asks :func:`current_checkpoint` for its
+   checkpoint and starts after ``checkpoint.position`` (None on a first run).
+2. For each unit of work it writes its output inside ``with checkpoint.saving(position):``,
+   whose connection commits the output and the new position in one transaction: a crash can
+   never leave output without its checkpoint, or a checkpoint without its output.
+3. Whatever stops the job (SIGKILL, a retry, a deploy's ``Shutdown``, a time limit), the next
+   delivery of the message finds the last committed position and continues after it.
+4. When the actor returns, the checkpoint is marked completed; a later delivery of the same
+   work (a duplicate, or the redelivery of a message whose ack was lost) is skipped.
+
+Checkpoints are keyed by message id, or by the actor's ``checkpoint_key(*args, **kwargs)`` when
+the work has a natural identity (a meeting), so that sending the same work twice resumes or
+skips instead of doing it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware, SkipMessage
+from sqlalchemy import JSON, Column, Connection, DateTime, Float, Integer, String, Table, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from middleware.database import Database, metadata, upsert
+
+logger = logging.getLogger("middleware.checkpoints.Checkpoints")
+
+job_checkpoints = Table(
+    "job_checkpoints",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("actor_name", String(255), nullable=False),
+    Column("message_id", String(64), nullable=False),
+    Column("position", JSON, nullable=True),
+    Column("progress", Float, nullable=True),
+    Column("saves", Integer, nullable=False, default=0),
+    Column("resumes", Integer, nullable=False, default=0),
+    Column("resumed_from", JSON, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+)
+
+_current: ContextVar[Checkpoint | None] = ContextVar("current_checkpoint", default=None)
+
+
+class CheckpointAlreadyCompleted(SkipMessage):
+    """The work this message carries was completed by an earlier delivery; it is skipped."""
+
+
+def current_checkpoint() -> Checkpoint:
+    """The checkpoint of the message this worker thread is processing."""
+    checkpoint = _current.get()
+    if checkpoint is None:
+        raise RuntimeError(
+            "current_checkpoint() was called outside a checkpointed actor: declare the actor with "
+            "checkpointed=True and add the Checkpoints middleware to the broker."
+        )
+    return checkpoint
+
+
+class Checkpoint:
+    """The saved position of one job; loaded from the database on first use."""
+
+    def __init__(self, *, database: Database, key: str, actor_name: str, message_id: str) -> None:
+        self.database = database
+        self.key = key
+        self.actor_name = actor_name
+        self.message_id = message_id
+        self._loaded = False
+        self._position: Any = None
+        self.resumed = False
+
+    @property
+    def position(self) -> Any:
+        """The last saved position (any JSON value), or None when the job has saved nothing yet."""
+        if not self._loaded:
+            self.load()
+        return self._position
+
+    @contextmanager
+    def saving(self, position: Any, *, progress: float | None = None) -> Iterator[Connection]:
+        """Write output on the yielded connection; it commits together with ``position``."""
+        now = datetime.now(UTC)
+        with self.database.transaction() as connection:
+            yield connection
+            upsert(
+                connection,
+                job_checkpoints,
+                {
+                    "key": self.key, "actor_name": self.actor_name, "message_id": self.message_id,
+                    "position": position, "progress": progress, "saves": 1, "resumes": 0,
+                    "created_at": now, "updated_at": now,
+                },
+                key=["key"],
+                update={
+                    "position": position, "progress": progress, "message_id": self.message_id,
+                    "saves": job_checkpoints.c.saves + 1, "updated_at": now,
+                },
+            )  # fmt: skip
+        self._position = position
+        self._loaded = True
+        logger.info(
+            "Saved checkpoint %r at position %r.", self.key, position,
+            extra={"event": "checkpoint.saved", "position": position, "message_id": self.message_id},
+        )  # fmt: skip
+
+    def load(self) -> None:
+        """Read the saved position; raises CheckpointAlreadyCompleted if the work is done."""
+        with self.database.transaction() as connection:
+            row = connection.execute(select(job_checkpoints).where(job_checkpoints.c.key == self.key)).first()
+            if row is not None and row.completed_at is not None:
+                raise CheckpointAlreadyCompleted(
+                    f"Checkpoint {self.key!r} was completed at {row.completed_at}; skipping message {self.message_id}."
+                )
+            if row is not None and row.position is not None:
+                connection.execute(
+                    update(job_checkpoints)
+                    .where(job_checkpoints.c.key == self.key)
+                    .values(resumes=job_checkpoints.c.resumes + 1, resumed_from=row.position)
+                )
+                self._position = row.position
+                self.resumed = True
+        self._loaded = True
+        if self.resumed:
+            logger.info(
+                "Resuming %r from checkpoint position %r.", self.key, self._position,
+                extra={"event": "checkpoint.resumed", "position": self._position,
+                       "message_id": self.message_id},
+            )  # fmt: skip
+
+
+def mark_completed(database: Database, key: str) -> None:
+    with database.transaction() as connection:
+        connection.execute(
+            update(job_checkpoints)
+            .where(job_checkpoints.c.key == key, job_checkpoints.c.completed_at.is_(None))
+            .values(completed_at=datetime.now(UTC), progress=1.0)
+        )
+
+
+class Checkpoints(Middleware):
+    """Gives checkpointed actors their :class:`Checkpoint` and completes it when they succeed.
+
+    Parameters:
+      database: where checkpoints are kept (the same database as the actors' output, so both
+        commit in one transaction).
+
+    Actor options:
+      checkpointed(bool): the actor calls :func:`current_checkpoint`.
+      checkpoint_key(Callable[..., str]): derives the checkpoint's key from the message's
+        arguments; defaults to the message id.
+    """
+
+    def __init__(self, *, database: Database) -> None:
+        self.database = database
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"checkpointed", "checkpoint_key"}
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        actor = broker.get_actor(message.actor_name)
+        if not actor.options.get("checkpointed"):
+            return
+        key_of: Callable[..., str] | None = actor.options.get("checkpoint_key")
+        key = key_of(*message.args, **message.kwargs) if key_of else message.message_id
+        checkpoint = Checkpoint(
+            database=self.database, key=key, actor_name=message.actor_name, message_id=message.message_id
+        )
+        _current.set(checkpoint)
+        try:
+            # Loaded here so completed work is skipped before the actor starts.
+            checkpoint.load()
+        except SQLAlchemyError:
+            logger.warning(
+                "Could not load checkpoint %r; the actor will load it when it asks, and fail (and be "
+                "retried) if the database is still unreachable.", key, exc_info=True,
+            )  # fmt: skip
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.Message,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        checkpoint = _current.get()
+        _current.set(None)
+        if checkpoint is not None and exception is None:
+            mark_completed(self.database, checkpoint.key)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        _current.set(None)

@@ -1,0 +1,98 @@
+"""One SQLAlchemy engine per process, for SQLite (the embedded default) and PostgreSQL.
+
+Engines are created lazily and again after a fork: the ``dramatiq`` CLI imports the broker
+module in each worker process, and a connection pool must never cross a fork.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.pool import NullPool
+
+#: One schema for the whole system; each table is defined by the package whose code writes it.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class Database:
+    """Holds a database URL and hands out this process's engine."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is None or self._pid != os.getpid():
+                    self._engine = create_database_engine(self.url)
+                    self._pid = os.getpid()
+        return self._engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection inside a transaction, committed on success, rolled back on any exception."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    def dispose(self) -> None:
+        if self._engine is not None and self._pid == os.getpid():
+            self._engine.dispose()
+        self._engine = None
+
+
+def create_database_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        return _create_sqlite_engine(url)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def _create_sqlite_engine(url: str) -> Engine:
+    # NullPool: SQLite connections are cheap to open, and a pooled one must not cross threads.
+    engine = create_engine(url, poolclass=NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, open transactions (see _on_begin).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers run beside the single writer; busy_timeout makes writers queue
+        # instead of failing with "database is locked".
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # BEGIN IMMEDIATE takes the write lock up front, so two writers wait on busy_timeout
+        # rather than one failing when it upgrades a read lock.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def upsert(
+    connection: Connection, table: Table, values: dict[str, Any], *, key: list[str], update: dict[str, Any]
+) -> None:
+    """INSERT ... ON CONFLICT (key) DO UPDATE, for both SQLite and PostgreSQL."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values)
+    connection.execute(statement.on_conflict_do_update(index_elements=key, set_=update))

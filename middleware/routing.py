@@ -1,0 +1,90 @@
+"""Routing by expected duration: long jobs go to a large queue with a long time limit.
+
+A message cannot be re-routed once it is built (both brokers read ``message.queue_name`` before
+``before_enqueue`` runs), so routing happens when the message is built: actors declared with
+``actor_class=RoutedActor`` ask :class:`DurationRouting` for their queue in
+``message_with_options``. Each routed message also carries the time limit of its queue.
+
+The expected duration is, in order: the message option ``expected_duration_ms`` given by the
+caller, then the actor option ``estimate_duration_ms(*args, **kwargs)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+logger = logging.getLogger("middleware.routing.DurationRouting")
+
+LARGE_QUEUE_SUFFIX = "-large"
+
+
+def large_queue_name(queue_name: str) -> str:
+    return f"{queue_name}{LARGE_QUEUE_SUFFIX}"
+
+
+class DurationRouting(Middleware):
+    """Chooses the regular or the large queue for each message of a routed actor.
+
+    Parameters:
+      large_threshold_ms: messages expected to run longer than this go to the large queue.
+      regular_time_limit_ms, large_time_limit_ms: the time limit each queue's messages carry.
+
+    Actor options:
+      estimate_duration_ms(Callable[..., int | None]): estimates a job's duration from its
+        arguments; None means unknown (the regular queue).
+    """
+
+    def __init__(self, *, large_threshold_ms: int, regular_time_limit_ms: int, large_time_limit_ms: int) -> None:
+        self.large_threshold_ms = large_threshold_ms
+        self.regular_time_limit_ms = regular_time_limit_ms
+        self.large_time_limit_ms = large_time_limit_ms
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"estimate_duration_ms"}
+
+    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor) -> None:
+        # Consumers exist only for declared queues: declare the large queue with the actor.
+        if isinstance(actor, RoutedActor):
+            broker.declare_queue(large_queue_name(actor.queue_name))
+
+    def route(self, actor: dramatiq.Actor, message: dramatiq.Message) -> dramatiq.Message:
+        duration_ms = self.expected_duration_ms(actor, message)
+        large = duration_ms is not None and duration_ms > self.large_threshold_ms
+        queue_name = large_queue_name(actor.queue_name) if large else actor.queue_name
+        time_limit = self.large_time_limit_ms if large else self.regular_time_limit_ms
+        options = {"time_limit": time_limit, **message.options}
+        if duration_ms is not None:
+            options["expected_duration_ms"] = duration_ms
+        logger.debug("Routing message %s (expected %s ms) to %r.", message.message_id, duration_ms, queue_name)
+        return message.copy(queue_name=queue_name, options=options)
+
+    @staticmethod
+    def expected_duration_ms(actor: dramatiq.Actor, message: dramatiq.Message) -> int | None:
+        given = message.options.get("expected_duration_ms")
+        if given is not None:
+            return int(given)
+        estimate: Callable[..., int | None] | None = actor.options.get("estimate_duration_ms")
+        return estimate(*message.args, **message.kwargs) if estimate else None
+
+
+class RoutedActor(dramatiq.Actor):
+    """An actor whose messages are routed by :class:`DurationRouting` when they are built."""
+
+    def message_with_options(
+        self, *, args: tuple = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> dramatiq.Message:
+        message = super().message_with_options(args=args, kwargs=kwargs, **options)
+        return _routing_of(self.broker).route(self, message)
+
+
+def _routing_of(broker: dramatiq.Broker) -> DurationRouting:
+    for middleware in broker.middleware:
+        if isinstance(middleware, DurationRouting):
+            return middleware
+    raise RuntimeError("RoutedActor needs the DurationRouting middleware on its broker; add it to the stack.")

@@ -1,0 +1,69 @@
+"""python -m ops: the operator's command line.
+
+python -m ops db upgrade      create or migrate the schema (SQLite or PostgreSQL)
+python -m ops db current      print the schema revision and whether it is up to date
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except SQLAlchemyError as error:
+        print(f"error: database: {type(error).__name__}: {getattr(error, 'orig', None) or error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ops", description="Operate the job system.")
+    commands = parser.add_subparsers(title="commands")
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(title="db commands")
+    upgrade = db.add_parser("upgrade", help="create or migrate the schema to the newest revision")
+    upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
+    upgrade.set_defaults(handler=_db_upgrade)
+    db.add_parser("current", help="show the schema revision").set_defaults(handler=_db_current)
+    return parser
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from actors.schema import current_revisions, upgrade
+    from actors.system import current_system
+
+    database = current_system().database
+    upgrade(database, args.revision)
+    print(f"Schema is at {', '.join(sorted(current_revisions(database)))} ({_safe_url(database.url)}).")
+    return EXIT_OK
+
+
+def _db_current(args: argparse.Namespace) -> int:
+    from actors.schema import current_revisions, required_revisions
+    from actors.system import current_system
+
+    database = current_system().database
+    current, required = current_revisions(database), required_revisions()
+    state = "up to date" if current == required else f"behind (needs {', '.join(sorted(required))})"
+    print(f"Schema is at {', '.join(sorted(current)) or 'no schema'}: {state}.")
+    return EXIT_OK if current == required else EXIT_FAILED
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,71 @@
+"""The core promise: a long job whose worker is SIGKILLed resumes from its last saved segment.
+
+Real ``dramatiq actors`` processes, the real pocketsphinx engine, real brokers and databases.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ops.recordings import make_long_recording
+from tests.harness import WorkerProcess, run_python, wait_until
+from tests.transcripts import Transcripts
+
+SEGMENT_MS = 3_000
+RECORDING_S = 30
+
+
+@pytest.mark.parametrize(
+    ("broker_env", "database_url"), [("redis", "postgresql"), ("rabbitmq", "sqlite")], indirect=True
+)
+def test_a_killed_transcription_resumes_from_its_checkpoint(
+    broker_env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    env = {**broker_env, "DATABASE_URL": database_url, "TRANSCRIPTION_ENGINE": "pocketsphinx",
+           "TRANSCRIPTION_SEGMENT_MS": str(SEGMENT_MS)}  # fmt: skip
+    meeting = f"killed-{uuid.uuid4().hex[:8]}"
+    recording = make_long_recording(tmp_path / "meeting.wav", seconds=RECORDING_S)
+    expected_segments = RECORDING_S * 1000 // SEGMENT_MS
+    transcripts = Transcripts(database_url)
+
+    first = WorkerProcess(env, log_path=tmp_path / "first-worker.log")
+    second = None
+    try:
+        first.wait_ready()
+        sent = run_python(env, f"from actors.transcription import transcribe; transcribe.send({meeting!r}, "
+                               f"{str(recording)!r})")  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+
+        wait_until(lambda: len(transcripts.segment_indexes(meeting)) >= 2, timeout_s=60,
+                   what="two segments to be stored", interval_s=0.05)  # fmt: skip
+        first.kill_worker_child()
+        killed_at = time.monotonic()
+        stored_at_kill = len(transcripts.segment_indexes(meeting))
+        assert stored_at_kill < expected_segments, "the job must be killed mid-way"
+        first.process.wait(timeout=30)  # the dramatiq master exits when its child dies
+
+        second = WorkerProcess(env, log_path=tmp_path / "second-worker.log")
+        second.wait_ready()
+        resumed = wait_until(lambda: (row := transcripts.checkpoint(meeting)) is not None and row.resumes
+                             and row, timeout_s=90, what="the job to resume", interval_s=0.05)  # fmt: skip
+        recovery_s = time.monotonic() - killed_at
+        wait_until(lambda: transcripts.completed(meeting), timeout_s=120, what="the transcript to complete")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+    indexes = transcripts.segment_indexes(meeting)
+    assert indexes == list(range(expected_segments)), "contiguous segments 0..n-1, none twice"
+    assert resumed.resumes == 1
+    assert resumed.resumed_from["idx"] >= stored_at_kill - 1 >= 1, "resumed from its checkpoint, not from zero"
+    kind = f"{broker_env['BROKER_URL'].split(':')[0]}+{database_url.split(':')[0]}"
+    print(
+        f"\n{kind}: killed after {stored_at_kill} of {expected_segments} segments; resumed at segment "
+        f"{resumed.resumed_from['idx'] + 1}, {recovery_s:.1f} s after the kill"
+    )
+    transcripts.close()

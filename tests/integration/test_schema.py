@@ -1,0 +1,59 @@
+"""Alembic migrations on SQLite and PostgreSQL, and workers that refuse to run on an old schema."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect
+
+from tests import harness
+from tests.harness import WorkerProcess, run_ops
+
+
+def test_db_upgrade_creates_the_schema_on_sqlite_and_is_repeatable(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.sqlite3'}", "BROKER_URL": harness.REDIS_TEST_URL}
+    behind = run_ops(env, "db", "current")
+    assert behind.returncode == 1 and "no schema: behind" in behind.stdout
+
+    for _ in range(2):
+        result = run_ops(env, "db", "upgrade")
+        assert result.returncode == 0, result.stderr
+        assert "Schema is at 0001" in result.stdout
+    assert run_ops(env, "db", "current").returncode == 0
+    tables = set(inspect(create_engine(env["DATABASE_URL"])).get_table_names())
+    assert {"job_checkpoints", "transcript_segments", "alembic_version"} <= tables
+
+
+def test_db_upgrade_creates_the_schema_on_postgresql() -> None:
+    name = f"rj_schema_{uuid.uuid4().hex[:8]}"
+    url = harness.create_postgres_database(name)
+    try:
+        result = run_ops({"DATABASE_URL": url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade")
+        assert result.returncode == 0, result.stderr
+        engine = create_engine(url)
+        assert {"job_checkpoints", "transcript_segments"} <= set(inspect(engine).get_table_names())
+        engine.dispose()
+    finally:
+        harness.drop_postgres_database(name)
+
+
+def test_a_worker_on_a_database_without_the_schema_stops_at_boot_with_advice(
+    tmp_path: Path, redis_namespace: str
+) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}", "BROKER_URL": harness.REDIS_TEST_URL,
+           "REDIS_NAMESPACE": redis_namespace}  # fmt: skip
+    worker = WorkerProcess(env, log_path=tmp_path / "worker.log")
+    assert worker.process.wait(timeout=60) == 2
+    worker.stop()
+    assert "worker cannot start: the database has no schema but this code needs schema 0001; " \
+           "run `python -m ops db upgrade`." in worker.log()  # fmt: skip
+
+
+def test_an_invalid_setting_stops_the_worker_with_the_reason_and_no_traceback(tmp_path: Path) -> None:
+    env = {"BROKER_URL": "localhost:6379", "STATE_DIR": str(tmp_path)}
+    worker = WorkerProcess(env, log_path=tmp_path / "worker.log")
+    assert worker.process.wait(timeout=60) == 2
+    worker.stop()
+    assert "error: BROKER_URL='localhost:6379' is not a broker URL." in worker.log()
+    assert "Traceback" not in worker.log()
