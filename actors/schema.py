@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -33,6 +34,8 @@ def required_revisions() -> set[str]:
 
 
 def current_revisions(database: Database) -> set[str]:
+    # Alembic announces its plugins and dialect at INFO on every check: noise in a worker's log.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     with database.engine.connect() as connection:
         return set(MigrationContext.configure(connection).get_current_heads())
 

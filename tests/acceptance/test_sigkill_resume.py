@@ -69,3 +69,45 @@ def test_a_killed_transcription_resumes_from_its_checkpoint(
         f"{resumed.resumed_from['idx'] + 1}, {recovery_s:.1f} s after the kill"
     )
     transcripts.close()
+
+
+@pytest.mark.parametrize(("broker_env", "database_url"), [("redis", "sqlite")], indirect=True)
+def test_a_deploy_hands_the_job_back_at_once_and_it_continues_without_spending_a_retry(
+    broker_env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    env = {**broker_env, "DATABASE_URL": database_url, "TRANSCRIPTION_ENGINE": "pocketsphinx",
+           "TRANSCRIPTION_SEGMENT_MS": str(SEGMENT_MS)}  # fmt: skip
+    meeting = f"deployed-{uuid.uuid4().hex[:8]}"
+    recording = make_long_recording(tmp_path / "meeting.wav", seconds=RECORDING_S)
+    transcripts = Transcripts(database_url)
+
+    first = WorkerProcess(env, log_path=tmp_path / "first-worker.log")
+    second = None
+    try:
+        first.wait_ready()
+        sent = run_python(
+            env, f"from actors.transcription import transcribe; transcribe.send({meeting!r}, {str(recording)!r})"
+        )
+        assert sent.returncode == 0, sent.stderr
+        wait_until(lambda: len(transcripts.segment_indexes(meeting)) >= 2, timeout_s=60, what="two segments")
+
+        stopping_at = time.monotonic()
+        assert first.stop(timeout_s=30) == 0, first.log()
+        stop_s = time.monotonic() - stopping_at
+        assert "interrupted by Shutdown; handing it back without spending an attempt" in first.log()
+        stored_at_stop = len(transcripts.segment_indexes(meeting))
+
+        second = WorkerProcess(env, log_path=tmp_path / "second-worker.log")
+        second.wait_ready()
+        wait_until(lambda: transcripts.completed(meeting), timeout_s=120, what="the transcript to complete")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+    row = transcripts.checkpoint(meeting)
+    assert transcripts.segment_indexes(meeting) == list(range(RECORDING_S * 1000 // SEGMENT_MS))
+    assert row.resumes == 1 and row.resumed_from["idx"] == stored_at_stop - 1
+    assert "Retrying message" not in first.log() + second.log(), "a deploy must not spend a retry"
+    print(f"\nSIGTERM: worker stopped in {stop_s:.1f} s with the job handed back at segment {stored_at_stop}")
+    transcripts.close()
