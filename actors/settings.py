@@ -14,6 +14,8 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from actors.engines import ENGINE_NAMES
+
 MINUTE_MS = 60_000
 
 
@@ -53,7 +55,7 @@ class Settings:
             redis_namespace=env.text("REDIS_NAMESPACE", "dramatiq"),
             redis_heartbeat_timeout_ms=env.integer("REDIS_HEARTBEAT_TIMEOUT_MS", 60_000, minimum=1_000),
             redis_maintenance_chance=env.integer("REDIS_MAINTENANCE_CHANCE", 1_000, minimum=0, maximum=1_000_000),
-            transcription_engine=env.choice("TRANSCRIPTION_ENGINE", "pocketsphinx", {"pocketsphinx", "echo"}),
+            transcription_engine=env.choice("TRANSCRIPTION_ENGINE", "pocketsphinx", set(ENGINE_NAMES)),
             transcription_segment_ms=env.integer("TRANSCRIPTION_SEGMENT_MS", 30_000, minimum=1_000),
             large_threshold_ms=env.integer("LARGE_THRESHOLD_MS", 40 * MINUTE_MS, minimum=1),
             regular_time_limit_ms=env.integer("REGULAR_TIME_LIMIT_MS", 20 * MINUTE_MS, minimum=1_000),
