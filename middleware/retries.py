@@ -1,10 +1,15 @@
-"""Retries that never spend an attempt on an interruption.
+"""Retries that never spend an attempt on an interruption, and never retry a fatal error.
 
 Dramatiq's ``Retries`` counts a deploy's ``Shutdown`` as a failed attempt, so repeated deploys
 can exhaust a long job's retries. This subclass hands an interrupted message straight back:
 
 - ``Shutdown`` (a deploy or restart), for any actor;
 - ``TimeLimitExceeded`` for a checkpointed actor, whose next run continues from its checkpoint.
+
+A fatal error (see ``middleware.error_classification``; per actor, the options
+``fatal_errors`` and ``retryable_errors`` add exception types) fails the message at once,
+whatever its retry budget. It is not hidden behind Dramatiq's ``throws``, which would log it at
+INFO where error reporting never sees it: the worker still logs it as an error with its traceback.
 
 Everything else is retried exactly as Dramatiq does.
 
@@ -16,11 +21,15 @@ that ack delete the new copy.
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 import dramatiq
+from dramatiq import Retry
 from dramatiq.middleware import Retries as DramatiqRetries
 from dramatiq.middleware import Shutdown, TimeLimitExceeded
+
+from middleware.error_classification import Classification, classify_error
 
 logger = logging.getLogger("middleware.retries.Retries")
 
@@ -28,6 +37,10 @@ REQUEUE_DELAY_MS = 100
 
 
 class Retries(DramatiqRetries):
+    @property
+    def actor_options(self) -> set[str]:
+        return super().actor_options | {"fatal_errors", "retryable_errors"}
+
     def __init__(self, *, requeue_delay_ms: int = REQUEUE_DELAY_MS, **options: Any) -> None:
         super().__init__(**options)
         self.requeue_delay_ms = requeue_delay_ms
@@ -48,7 +61,26 @@ class Retries(DramatiqRetries):
             )  # fmt: skip
             broker.enqueue(message, delay=self.requeue_delay_ms)
             return
+        if exception is not None and not isinstance(exception, Retry):
+            classification = classify_for_actor(broker.get_actor(message.actor_name), exception)
+            if classification.fatal:
+                logger.warning(
+                    "Message %s failed with a fatal error (%s); it is not retried.",
+                    message.message_id, classification.reason,
+                    extra={"event": "job.fatal", "message_id": message.message_id},
+                )  # fmt: skip
+                message.options["traceback"] = traceback.format_exc(limit=30)
+                message.fail()
+                return
         super().after_process_message(broker, message, result=result, exception=exception)
+
+
+def classify_for_actor(actor: dramatiq.Actor, exception: BaseException) -> Classification:
+    return classify_error(
+        exception,
+        fatal=tuple(actor.options.get("fatal_errors", ())),
+        retryable=tuple(actor.options.get("retryable_errors", ())),
+    )
 
 
 def is_resumable_interruption(actor: dramatiq.Actor, exception: BaseException) -> bool:
