@@ -30,6 +30,7 @@ from dramatiq.middleware import Retries as DramatiqRetries
 from dramatiq.middleware import Shutdown, TimeLimitExceeded
 
 from middleware.error_classification import Classification, classify_error
+from middleware.retry_policies import RetryPolicy
 
 logger = logging.getLogger("middleware.retries.Retries")
 
@@ -39,7 +40,7 @@ REQUEUE_DELAY_MS = 100
 class Retries(DramatiqRetries):
     @property
     def actor_options(self) -> set[str]:
-        return super().actor_options | {"fatal_errors", "retryable_errors"}
+        return super().actor_options | {"fatal_errors", "retryable_errors", "retry_policy"}
 
     def __init__(self, *, requeue_delay_ms: int = REQUEUE_DELAY_MS, **options: Any) -> None:
         super().__init__(**options)
@@ -72,7 +73,24 @@ class Retries(DramatiqRetries):
                 message.options["traceback"] = traceback.format_exc(limit=30)
                 message.fail()
                 return
+        policy: RetryPolicy | None = broker.get_actor(message.actor_name).options.get("retry_policy")
+        if exception is not None and policy is not None:
+            self._retry_by_policy(broker, message, policy)
+            return
         super().after_process_message(broker, message, result=result, exception=exception)
+
+    def _retry_by_policy(self, broker: dramatiq.Broker, message: dramatiq.Message, policy: RetryPolicy) -> None:
+        failed_attempts = message.options.get("retries", 0) + 1
+        message.options["retries"] = failed_attempts
+        message.options["traceback"] = traceback.format_exc(limit=30)
+        if not policy.retries_after(failed_attempts):
+            logger.warning("Message %s failed all %d attempts.", message.message_id, policy.attempts)
+            message.fail()
+            return
+        delay_ms = policy.delay_ms(failed_attempts)
+        logger.info("Retrying message %s in %d ms (attempt %d of %d).", message.message_id, delay_ms,
+                    failed_attempts + 1, policy.attempts)  # fmt: skip
+        broker.enqueue(message, delay=delay_ms)
 
 
 def classify_for_actor(actor: dramatiq.Actor, exception: BaseException) -> Classification:
