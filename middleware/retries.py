@@ -54,7 +54,10 @@ class Retries(DramatiqRetries):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if exception is not None and is_resumable_interruption(broker.get_actor(message.actor_name), exception):
+        if exception is None:
+            return
+        actor = broker.get_actor(message.actor_name)
+        if is_resumable_interruption(actor, exception):
             logger.info(
                 "Message %s was interrupted by %s; handing it back without spending an attempt.",
                 message.message_id, type(exception).__name__,
@@ -62,8 +65,8 @@ class Retries(DramatiqRetries):
             )  # fmt: skip
             broker.enqueue(message, delay=self.requeue_delay_ms)
             return
-        if exception is not None and not isinstance(exception, Retry):
-            classification = classify_for_actor(broker.get_actor(message.actor_name), exception)
+        if not isinstance(exception, Retry):
+            classification = classify_for_actor(actor, exception)
             if classification.fatal:
                 logger.warning(
                     "Message %s failed with a fatal error (%s); it is not retried.",
@@ -73,8 +76,8 @@ class Retries(DramatiqRetries):
                 message.options["traceback"] = traceback.format_exc(limit=30)
                 message.fail()
                 return
-        policy: RetryPolicy | None = broker.get_actor(message.actor_name).options.get("retry_policy")
-        if exception is not None and policy is not None:
+        policy: RetryPolicy | None = actor.options.get("retry_policy")
+        if policy is not None:
             self._retry_by_policy(broker, message, policy)
             return
         super().after_process_message(broker, message, result=result, exception=exception)
