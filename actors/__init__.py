@@ -9,6 +9,7 @@ import sys
 from actors.embedded_redis import EmbeddedRedisError
 from actors.settings import Settings, SettingsError
 from actors.system import configure
+from middleware.job_logs import configure_job_logs
 
 try:
     system = configure(Settings.from_env())
@@ -17,6 +18,7 @@ except (SettingsError, EmbeddedRedisError) as error:
     raise SystemExit(2) from None
 
 broker = system.broker
+configure_job_logs()
 
 # Actor modules are imported only now, after the broker is set: an actor declared earlier would
 # silently get a default broker of Dramatiq's own.

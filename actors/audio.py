@@ -27,6 +27,8 @@ from typing import BinaryIO
 import numpy as np
 import soxr
 
+from middleware.error_classification import FatalError
+
 __all__ = ["AudioUnreadable", "Recording", "open_recording", "resolve_audio_path", "wav_duration_ms"]
 
 TARGET_SAMPLE_RATE = 16000
@@ -53,11 +55,11 @@ _SUPPORTED = "PCM with 8, 16, 24 or 32-bit integer samples, or 32/64-bit float s
 _CONVERT_HINT = "convert it first, e.g. `sox input.wav -b 16 output.wav`"
 
 
-class AudioUnreadable(ValueError):
+class AudioUnreadable(FatalError, ValueError):
     """A recording that cannot be used, with a message a person can act on.
 
-    Subclasses ValueError because the problem is in the input (the URI or the file), so
-    retrying the job will not help.
+    Fatal (and a ValueError) because the problem is in the input (the URI or the file):
+    retrying the job will not help, so it goes straight to the dead-letter table.
     """
 
     def __init__(self, audio_uri: str, reason: str) -> None:

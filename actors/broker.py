@@ -23,6 +23,10 @@ from actors.settings import Settings
 from middleware.boot_checks import BootChecks
 from middleware.checkpoints import Checkpoints
 from middleware.database import Database
+from middleware.dead_letters import DeadLetters
+from middleware.idempotency import Idempotency
+from middleware.job_logs import JobLogs
+from middleware.job_status import JobStatus
 from middleware.retries import Retries
 from middleware.routing import DurationRouting
 
@@ -44,7 +48,17 @@ def build_middleware(settings: Settings, database: Database) -> Sequence[Middlew
         Pipelines(),
         # Lets actors read the message they are running (its id, options).
         CurrentMessage(),
-        # Retries failures with backoff; hands interrupted jobs back without spending an attempt.
+        # JSON job events; its after-hooks run after Retries', so job.failed knows the decision.
+        JobLogs(),
+        # Records every dead-lettered message in SQL (after_nack still holds the final exception).
+        DeadLetters(database=database),
+        # Refuses a second enqueue per idempotency key; skips redelivered keyed jobs already done.
+        # Before JobStatus, so it reads the status as it was before this delivery.
+        Idempotency(database=database),
+        # queued -> processing -> completed | failed, progress; counts deliveries to catch poison.
+        # Before Retries, so its after-hook sees whether the failure is final.
+        JobStatus(database=database, max_deliveries=5),
+        # Fatal errors fail at once; others retry by the actor's policy; interruptions cost nothing.
         Retries(max_retries=5, min_backoff=2_000, max_backoff=300_000),
         # Gives checkpointed actors their saved position and completes it when they succeed.
         Checkpoints(database=database),

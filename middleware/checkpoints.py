@@ -30,6 +30,8 @@ from sqlalchemy import JSON, Column, Connection, DateTime, Float, Integer, Strin
 from sqlalchemy.exc import SQLAlchemyError
 
 from middleware.database import Database, metadata, upsert
+from middleware.job_logs import log_event
+from middleware.job_status import job_status
 
 logger = logging.getLogger("middleware.checkpoints.Checkpoints")
 
@@ -70,11 +72,12 @@ def current_checkpoint() -> Checkpoint:
 class Checkpoint:
     """The saved position of one job; loaded from the database on first use."""
 
-    def __init__(self, *, database: Database, key: str, actor_name: str, message_id: str) -> None:
+    def __init__(self, *, database: Database, key: str, message: dramatiq.Message) -> None:
         self.database = database
         self.key = key
-        self.actor_name = actor_name
-        self.message_id = message_id
+        self.message = message
+        self.actor_name = message.actor_name
+        self.message_id = message.message_id
         self._loaded = False
         self._position: Any = None
         self.resumed = False
@@ -106,12 +109,15 @@ class Checkpoint:
                     "saves": job_checkpoints.c.saves + 1, "updated_at": now,
                 },
             )  # fmt: skip
+            if progress is not None:
+                connection.execute(
+                    update(job_status)
+                    .where(job_status.c.message_id == self.message_id)
+                    .values(progress=progress, updated_at=now)
+                )
         self._position = position
         self._loaded = True
-        logger.info(
-            "Saved checkpoint %r at position %r.", self.key, position,
-            extra={"event": "checkpoint.saved", "position": position, "message_id": self.message_id},
-        )  # fmt: skip
+        log_event("checkpoint.saved", self.message, position=position)
 
     def load(self) -> None:
         """Read the saved position; raises CheckpointAlreadyCompleted if the work is done."""
@@ -131,11 +137,7 @@ class Checkpoint:
                 self.resumed = True
         self._loaded = True
         if self.resumed:
-            logger.info(
-                "Resuming %r from checkpoint position %r.", self.key, self._position,
-                extra={"event": "checkpoint.resumed", "position": self._position,
-                       "message_id": self.message_id},
-            )  # fmt: skip
+            log_event("checkpoint.resumed", self.message, position=self._position)
 
 
 def mark_completed(database: Database, key: str) -> None:
@@ -173,9 +175,7 @@ class Checkpoints(Middleware):
             return
         key_of: Callable[..., str] | None = actor.options.get("checkpoint_key")
         key = key_of(*message.args, **message.kwargs) if key_of else message.message_id
-        checkpoint = Checkpoint(
-            database=self.database, key=key, actor_name=message.actor_name, message_id=message.message_id
-        )
+        checkpoint = Checkpoint(database=self.database, key=key, message=message)
         _current.set(checkpoint)
         try:
             # Loaded here so completed work is skipped before the actor starts.

@@ -1,35 +1,35 @@
-"""Retries that never spend an attempt on an interruption, and never retry a fatal error.
+"""Retries: per-actor policies; never an attempt spent on an interruption, never a fatal error retried.
 
-Dramatiq's ``Retries`` counts a deploy's ``Shutdown`` as a failed attempt, so repeated deploys
-can exhaust a long job's retries. This subclass hands an interrupted message straight back:
+1. An interruption hands the message straight back, spending no attempt: ``Shutdown`` (a
+   deploy) for any actor, ``TimeLimitExceeded`` for a checkpointed actor (its next run continues
+   from its checkpoint). It goes back through the delay queue: on Redis, re-enqueueing a message
+   id into the queue it is being acked from would let that ack delete the new copy.
+2. A fatal error (``middleware.error_classification``; the actor options ``fatal_errors`` and
+   ``retryable_errors`` add types; ``throws`` counts as fatal) fails the message at once, whatever
+   its retry budget. The worker still logs it as an error with its traceback, so error reporting
+   sees it (Dramatiq's ``throws`` alone would log it at INFO).
+3. Anything else is retried by the actor's :class:`RetryPolicy` (``retry_policy``), or by one
+   made from Dramatiq's own options (``max_retries``, ``min_backoff``, ``max_backoff``);
+   ``retry_when(retries, exception)`` still has the last word when an actor sets it.
 
-- ``Shutdown`` (a deploy or restart), for any actor;
-- ``TimeLimitExceeded`` for a checkpointed actor, whose next run continues from its checkpoint.
-
-A fatal error (see ``middleware.error_classification``; per actor, the options
-``fatal_errors`` and ``retryable_errors`` add exception types) fails the message at once,
-whatever its retry budget. It is not hidden behind Dramatiq's ``throws``, which would log it at
-INFO where error reporting never sees it: the worker still logs it as an error with its traceback.
-
-Everything else is retried exactly as Dramatiq does.
-
-The message goes back through its delay queue (a delay of ``requeue_delay_ms``), not its own
-queue: on Redis, re-enqueueing a message id into the queue it is being acked from would let
-that ack delete the new copy.
+The decision is published in ``middleware.failure_decision.current_failure`` for the middleware that runs after this
+one (job status, job logs, dead letters).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import traceback
 from typing import Any
 
 import dramatiq
 from dramatiq import Retry
-from dramatiq.middleware import Retries as DramatiqRetries
-from dramatiq.middleware import Shutdown, TimeLimitExceeded
+from dramatiq.middleware import Middleware, Shutdown, TimeLimitExceeded
 
-from middleware.error_classification import Classification, classify_error
+from middleware.error_classification import Classification, ErrorKind, classify_error
+from middleware.failure_decision import FailureDecision, current_failure
+from middleware.job_logs import log_event
 from middleware.retry_policies import RetryPolicy
 
 logger = logging.getLogger("middleware.retries.Retries")
@@ -37,14 +37,29 @@ logger = logging.getLogger("middleware.retries.Retries")
 REQUEUE_DELAY_MS = 100
 
 
-class Retries(DramatiqRetries):
+class Retries(Middleware):
+    """Parameters: the defaults for actors that set none of their own (as Dramatiq's Retries)."""
+
+    def __init__(
+        self,
+        *,
+        max_retries: int = 20,
+        min_backoff: int = 15_000,
+        max_backoff: int = 7 * 86_400_000,
+        requeue_delay_ms: int = REQUEUE_DELAY_MS,
+    ) -> None:
+        self.default_policy = _policy_from_dramatiq_options(max_retries, min_backoff, max_backoff)
+        self.requeue_delay_ms = requeue_delay_ms
+
     @property
     def actor_options(self) -> set[str]:
-        return super().actor_options | {"fatal_errors", "retryable_errors", "retry_policy"}
+        return {
+            "max_retries", "min_backoff", "max_backoff", "retry_when", "throws",
+            "retry_policy", "fatal_errors", "retryable_errors",
+        }  # fmt: skip
 
-    def __init__(self, *, requeue_delay_ms: int = REQUEUE_DELAY_MS, **options: Any) -> None:
-        super().__init__(**options)
-        self.requeue_delay_ms = requeue_delay_ms
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        current_failure.set(None)
 
     def after_process_message(
         self,
@@ -58,45 +73,62 @@ class Retries(DramatiqRetries):
             return
         actor = broker.get_actor(message.actor_name)
         if is_resumable_interruption(actor, exception):
-            logger.info(
-                "Message %s was interrupted by %s; handing it back without spending an attempt.",
-                message.message_id, type(exception).__name__,
-                extra={"event": "job.interrupted", "message_id": message.message_id},
-            )  # fmt: skip
+            log_event("job.interrupted", message, reason=type(exception).__name__)
             broker.enqueue(message, delay=self.requeue_delay_ms)
             return
-        if not isinstance(exception, Retry):
-            classification = classify_for_actor(actor, exception)
-            if classification.fatal:
-                logger.warning(
-                    "Message %s failed with a fatal error (%s); it is not retried.",
-                    message.message_id, classification.reason,
-                    extra={"event": "job.fatal", "message_id": message.message_id},
-                )  # fmt: skip
-                message.options["traceback"] = traceback.format_exc(limit=30)
-                message.fail()
-                return
-        policy: RetryPolicy | None = actor.options.get("retry_policy")
-        if policy is not None:
-            self._retry_by_policy(broker, message, policy)
-            return
-        super().after_process_message(broker, message, result=result, exception=exception)
-
-    def _retry_by_policy(self, broker: dramatiq.Broker, message: dramatiq.Message, policy: RetryPolicy) -> None:
-        failed_attempts = message.options.get("retries", 0) + 1
-        message.options["retries"] = failed_attempts
+        decision = self._decide(actor, message, exception)
+        current_failure.set(decision)
+        message.options["retries"] = decision.attempt
         message.options["traceback"] = traceback.format_exc(limit=30)
-        if not policy.retries_after(failed_attempts):
-            logger.warning("Message %s failed all %d attempts.", message.message_id, policy.attempts)
+        if not decision.will_retry:
+            if decision.fatal:
+                logger.warning("Message %s failed with a fatal error (%s); it is not retried.",
+                               message.message_id, decision.classification.reason)  # fmt: skip
+            else:
+                logger.warning("Message %s failed all %d attempts.", message.message_id, decision.max_attempts)
             message.fail()
             return
-        delay_ms = policy.delay_ms(failed_attempts)
-        logger.info("Retrying message %s in %d ms (attempt %d of %d).", message.message_id, delay_ms,
-                    failed_attempts + 1, policy.attempts)  # fmt: skip
-        broker.enqueue(message, delay=delay_ms)
+        log_event(
+            "job.retry", message, delay_ms=decision.delay_ms, error=f"{type(exception).__name__}: {exception}",
+            fatal=False, attempt=decision.attempt,
+        )  # fmt: skip
+        broker.enqueue(message, delay=decision.delay_ms)
+
+    def policy_of(self, actor: dramatiq.Actor, message: dramatiq.Message) -> RetryPolicy:
+        policy = message.options.get("retry_policy") or actor.options.get("retry_policy")
+        if isinstance(policy, RetryPolicy):
+            return policy
+        names = ("max_retries", "min_backoff", "max_backoff")
+        if any(name in message.options or name in actor.options for name in names):
+            default = self.default_policy
+            return _policy_from_dramatiq_options(
+                message.options.get("max_retries", actor.options.get("max_retries", default.attempts - 1)),
+                message.options.get("min_backoff", actor.options.get("min_backoff", default.base_delay_ms)),
+                message.options.get("max_backoff", actor.options.get("max_backoff", default.max_delay_ms)),
+            )
+        return self.default_policy
+
+    def _decide(self, actor: dramatiq.Actor, message: dramatiq.Message, exception: BaseException) -> FailureDecision:
+        policy = self.policy_of(actor, message)
+        attempt = message.options.get("retries", 0) + 1
+        classification = classify_for_actor(actor, message, exception)
+        will_retry = not classification.fatal and policy.retries_after(attempt)
+        retry_when = actor.options.get("retry_when")
+        if retry_when is not None and not classification.fatal:
+            will_retry = bool(retry_when(attempt - 1, exception))
+        delay_ms = None
+        if will_retry:
+            explicit = exception.delay if isinstance(exception, Retry) else None
+            delay_ms = explicit if explicit is not None else policy.delay_ms(attempt)
+        return FailureDecision(classification, attempt, policy.attempts, will_retry, delay_ms)
 
 
-def classify_for_actor(actor: dramatiq.Actor, exception: BaseException) -> Classification:
+def classify_for_actor(actor: dramatiq.Actor, message: dramatiq.Message, exception: BaseException) -> Classification:
+    throws = message.options.get("throws") or actor.options.get("throws")
+    if throws and isinstance(exception, throws):
+        return Classification(ErrorKind.FATAL, f"{type(exception).__name__} is in the actor's throws")
+    if isinstance(exception, TypeError) and not _arguments_fit(actor, message):
+        return Classification(ErrorKind.FATAL, "the message's arguments do not match the actor's signature")
     return classify_error(
         exception,
         fatal=tuple(actor.options.get("fatal_errors", ())),
@@ -108,3 +140,20 @@ def is_resumable_interruption(actor: dramatiq.Actor, exception: BaseException) -
     if isinstance(exception, Shutdown):
         return True
     return isinstance(exception, TimeLimitExceeded) and bool(actor.options.get("checkpointed"))
+
+
+def _arguments_fit(actor: dramatiq.Actor, message: dramatiq.Message) -> bool:
+    try:
+        inspect.signature(actor.fn).bind(*message.args, **message.kwargs)
+    except TypeError:
+        return False
+    return True
+
+
+def _policy_from_dramatiq_options(max_retries: int | None, min_backoff: int, max_backoff: int) -> RetryPolicy:
+    # Dramatiq's backoff doubles from min_backoff with jitter; max_retries=None meant "forever",
+    # which this system never allows: it is capped at Dramatiq's default of 20.
+    retries = 20 if max_retries is None else max_retries
+    return RetryPolicy(
+        attempts=retries + 1, base_delay_ms=min_backoff, max_delay_ms=max(max_backoff, min_backoff), jitter=0.5
+    )

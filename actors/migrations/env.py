@@ -3,7 +3,10 @@
 from alembic import context
 
 import actors.tables  # noqa: F401  (registers the actors' tables on the shared metadata)
-import middleware.checkpoints  # noqa: F401  (registers the middleware's tables)
+import middleware.checkpoints
+import middleware.dead_letters
+import middleware.idempotency
+import middleware.job_status  # noqa: F401
 from middleware.database import metadata
 
 database = context.config.attributes["database"]

@@ -13,6 +13,10 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, UniqueConstrain
 
 from middleware.checkpoints import Checkpoints
 from middleware.database import Database, metadata
+from middleware.dead_letters import DeadLetters
+from middleware.idempotency import Idempotency
+from middleware.job_logs import JobLogs
+from middleware.job_status import JobStatus
 from middleware.retries import Retries
 from middleware.routing import DurationRouting
 
@@ -40,6 +44,10 @@ def stub_broker(database: Database) -> Iterator[StubBroker]:
         TimeLimit(interval=100),
         ShutdownNotifications(),
         CurrentMessage(),
+        JobLogs(),
+        DeadLetters(database=database),
+        Idempotency(database=database),
+        JobStatus(database=database, max_deliveries=3),
         Retries(min_backoff=10, max_backoff=50, requeue_delay_ms=10),
         Checkpoints(database=database),
         DurationRouting(large_threshold_ms=60_000, regular_time_limit_ms=5_000, large_time_limit_ms=50_000),

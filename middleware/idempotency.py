@@ -1,0 +1,113 @@
+"""Idempotency keys: a job with a key is enqueued at most once while its key is held.
+
+``actor.send_with_options(args=..., idempotency_key="invoice-42:reminder")`` claims the key when
+the message is enqueued. Another send with the same key raises :class:`DuplicateJob` (naming the
+message that holds the key) while that job is queued, processing, or completed less than
+``ttl_ms`` ago; once the holder has failed, or the key has expired, a new send takes it over.
+Re-enqueues of the same message (retries, delays) keep their key.
+
+A worker that receives a keyed message whose job already completed (a redelivery after a lost
+ack) skips it, so an email is never sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import dramatiq
+from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
+from sqlalchemy import Column, Connection, DateTime, String, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from middleware.database import Database, metadata
+from middleware.job_status import COMPLETED, FAILED, job_status
+
+logger = logging.getLogger("middleware.idempotency.Idempotency")
+
+DEFAULT_TTL_MS = 24 * 3_600_000
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("message_id", String(64), nullable=False),
+    Column("actor_name", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+
+class DuplicateJob(MiddlewareError):
+    """A job with this idempotency key is already queued, running or recently completed."""
+
+    def __init__(self, key: str, existing_message_id: str) -> None:
+        super().__init__(f"a job with idempotency key {key!r} already exists: message {existing_message_id}")
+        self.key = key
+        self.existing_message_id = existing_message_id
+
+
+class DuplicateDelivery(SkipMessage):
+    """The job this keyed message carries has already completed."""
+
+
+class Idempotency(Middleware):
+    def __init__(self, *, database: Database, ttl_ms: int = DEFAULT_TTL_MS) -> None:
+        self.database = database
+        self.ttl = timedelta(milliseconds=ttl_ms)
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
+        key = message.options.get("idempotency_key")
+        if key:
+            with self.database.transaction() as connection:
+                self._claim(connection, str(key), message)
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        if not message.options.get("idempotency_key"):
+            return
+        query = select(job_status.c.status).where(job_status.c.message_id == message.message_id)
+        with self.database.engine.connect() as connection:
+            if connection.scalar(query) == COMPLETED:
+                raise DuplicateDelivery(f"keyed message {message.message_id} already completed; skipping it")
+
+    def _claim(self, connection: Connection, key: str, message: dramatiq.Message) -> None:
+        now = datetime.now(UTC)
+        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+        claimed = connection.execute(
+            dialect.insert(idempotency_keys)
+            .values(
+                key=key,
+                message_id=message.message_id,
+                actor_name=message.actor_name,
+                created_at=now,
+                expires_at=now + self.ttl,
+            )
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(idempotency_keys.c.key)
+        ).scalar_one_or_none()
+        if claimed is not None:
+            return
+        holder = connection.execute(select(idempotency_keys).where(idempotency_keys.c.key == key)).one()
+        if holder.message_id == message.message_id:
+            return  # the same message again: a retry or a delayed message moving to its queue
+        holder_status = connection.scalar(
+            select(job_status.c.status).where(job_status.c.message_id == holder.message_id)
+        )
+        if _aware(holder.expires_at) > now and holder_status != FAILED:
+            raise DuplicateJob(key, holder.message_id)
+        taken = connection.execute(
+            update(idempotency_keys)
+            .where(idempotency_keys.c.key == key, idempotency_keys.c.message_id == holder.message_id)
+            .values(
+                message_id=message.message_id, actor_name=message.actor_name, created_at=now, expires_at=now + self.ttl
+            )
+        )
+        if taken.rowcount != 1:  # another sender took it over first
+            raise DuplicateJob(key, holder.message_id)
+        logger.info("Idempotency key %r passes from message %s (%s) to %s.", key, holder.message_id,
+                    holder_status or "expired", message.message_id)  # fmt: skip
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

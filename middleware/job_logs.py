@@ -1,0 +1,115 @@
+"""Structured job logs: one JSON line per job event, on the worker's standard error.
+
+The vocabulary is part of the API (tests assert it exactly):
+
+    job.start          attempt
+    job.success        duration_ms, attempt
+    job.retry          delay_ms, error, fatal (false), attempt
+    job.failed         error, fatal, will_retry, attempt, max_attempts, duration_ms
+    job.interrupted    reason (Shutdown or TimeLimitExceeded: handed back, no attempt spent)
+    job.dead_lettered  kind (fatal, retryable or poison), error, dead_letter_id
+    checkpoint.saved   position
+    checkpoint.resumed position
+
+Every line also has ``event``, ``message_id``, ``actor``, ``queue`` and ``timestamp`` (UTC,
+ISO 8601). Any module emits with :func:`log_event`; :class:`JobLogs` emits the job lifecycle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import dramatiq
+from dramatiq.common import q_name
+from dramatiq.middleware import Middleware
+
+from middleware.failure_decision import current_failure
+
+EVENTS_LOGGER = "jobs.events"
+events_logger = logging.getLogger(EVENTS_LOGGER)
+
+_started_at: ContextVar[float | None] = ContextVar("job_started_at", default=None)
+
+
+def log_event(event: str, message: dramatiq.Message, **fields: Any) -> None:
+    """Emit one job event (a log record whose ``job_event`` extra the JSON formatter writes)."""
+    record = {
+        "event": event,
+        "message_id": message.message_id,
+        "actor": message.actor_name,
+        "queue": q_name(message.queue_name),
+        **fields,
+    }
+    events_logger.info("%s %s", event, message.message_id, extra={"job_event": record})
+
+
+def attempt_of(message: dramatiq.Message) -> int:
+    """The attempt being run (1 for the first): failed attempts so far, plus this one."""
+    return message.options.get("retries", 0) + 1
+
+
+class JsonEventFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event = dict(getattr(record, "job_event", None) or {"event": "log", "message": record.getMessage()})
+        event["timestamp"] = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        return json.dumps(event, default=str, separators=(",", ":"))
+
+
+def configure_job_logs(stream: IO[str] | None = None) -> None:
+    """Write job events as JSON lines to ``stream`` (standard error), and only there."""
+    if any(isinstance(handler.formatter, JsonEventFormatter) for handler in events_logger.handlers):
+        return
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonEventFormatter())
+    events_logger.addHandler(handler)
+    events_logger.setLevel(logging.INFO)
+    events_logger.propagate = False  # the JSON line is the record; no second, plain-text copy
+
+
+class JobLogs(Middleware):
+    """Emits job.start, job.success and job.failed around every message.
+
+    Sits before Retries in the stack, so its ``after_process_message`` runs after Retries has
+    decided whether the job will run again.
+    """
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        _started_at.set(time.monotonic())
+        log_event("job.start", message, attempt=attempt_of(message))
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.Message,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        started = _started_at.get()
+        duration_ms = round((time.monotonic() - started) * 1000) if started is not None else None
+        _started_at.set(None)
+        if exception is None:
+            log_event("job.success", message, duration_ms=duration_ms, attempt=attempt_of(message))
+            return
+        decision = current_failure.get()
+        if decision is None:  # handed back (an interruption): logged as job.interrupted by Retries
+            return
+        log_event(
+            "job.failed",
+            message,
+            error=f"{type(exception).__name__}: {exception}",
+            fatal=decision.fatal,
+            will_retry=decision.will_retry,
+            attempt=decision.attempt,
+            max_attempts=decision.max_attempts,
+            duration_ms=duration_ms,
+        )
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        _started_at.set(None)

@@ -1,0 +1,174 @@
+"""Job status and progress: a row per message, from queued to completed or failed.
+
+1. ``after_enqueue``: the row is created as ``queued`` (a retry's re-enqueue leaves it alone).
+2. ``before_process_message``: ``processing``, one more attempt, one more unfinished delivery;
+   a message whose previous deliveries all died is dead-lettered as poison instead.
+3. ``after_process_message``: ``completed``, or ``failed`` with its error once Retries gives up.
+   Between retries the status stays ``processing``, so an app's progress bar does not flicker.
+
+Actors report progress with :func:`report_progress`; checkpointed actors report it with every
+checkpoint, in the checkpoint's transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import dramatiq
+from dramatiq.common import q_name
+from dramatiq.middleware import CurrentMessage, Middleware
+from sqlalchemy import Column, Connection, DateTime, Float, Index, Integer, String, Table, Text, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from middleware.database import Database, metadata
+from middleware.failure_decision import current_failure
+from middleware.poison_messages import DEFAULT_MAX_DELIVERIES, PoisonMessage, is_poison
+
+logger = logging.getLogger("middleware.job_status.JobStatus")
+
+QUEUED, PROCESSING, COMPLETED, FAILED = "queued", "processing", "completed", "failed"
+STATUSES = (QUEUED, PROCESSING, COMPLETED, FAILED)
+
+job_status = Table(
+    "job_status",
+    metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("actor_name", String(255), nullable=False),
+    Column("queue_name", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("unfinished_deliveries", Integer, nullable=False, default=0),
+    Column("progress", Float, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("enqueued_at", DateTime(timezone=True), nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_job_status_status_updated_at", "status", "updated_at"),
+    Index("ix_job_status_actor_name", "actor_name"),
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _insert(connection: Connection):
+    return (postgresql if connection.dialect.name == "postgresql" else sqlite).insert(job_status)
+
+
+class JobStatus(Middleware):
+    """Parameters:
+    database: where ``job_status`` lives.
+    max_deliveries: unfinished deliveries after which a message is dead-lettered as poison.
+    """
+
+    def __init__(self, *, database: Database, max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
+        self.database = database
+        self.max_deliveries = max_deliveries
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
+        now = _now()
+        with self.database.transaction() as connection:
+            statement = _insert(connection).values(
+                message_id=message.message_id, actor_name=message.actor_name, queue_name=q_name(message.queue_name),
+                status=QUEUED, attempts=0, unfinished_deliveries=0, enqueued_at=now, updated_at=now,
+            )  # fmt: skip
+            connection.execute(statement.on_conflict_do_nothing(index_elements=["message_id"]))
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        now = _now()
+        with self.database.transaction() as connection:
+            statement = _insert(connection).values(
+                message_id=message.message_id, actor_name=message.actor_name, queue_name=q_name(message.queue_name),
+                status=PROCESSING, attempts=1, unfinished_deliveries=1, started_at=now, updated_at=now,
+            )  # fmt: skip
+            table = job_status
+            unfinished = connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["message_id"],
+                    set_={
+                        "status": PROCESSING, "attempts": table.c.attempts + 1,
+                        "unfinished_deliveries": table.c.unfinished_deliveries + 1,
+                        "started_at": statement.excluded.started_at, "updated_at": now,
+                    },
+                ).returning(table.c.unfinished_deliveries)
+            ).scalar_one()  # fmt: skip
+        if is_poison(unfinished - 1, max_deliveries=self.max_deliveries):
+            logger.error("Message %s was delivered %d times and its worker died each time; dead-lettering "
+                         "it as poison.", message.message_id, unfinished - 1)  # fmt: skip
+            message.fail()
+            self._finish(message, status=FAILED, error=f"poison: its worker died {unfinished - 1} times in a row")
+            raise PoisonMessage(f"message {message.message_id} killed its worker {unfinished - 1} times")
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.Message,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None:
+            self._finish(message, status=COMPLETED, progress=1.0)
+        elif message.failed:
+            decision = current_failure.get()
+            reason = f" ({decision.classification.reason})" if decision is not None else ""
+            self._finish(message, status=FAILED, error=f"{type(exception).__name__}: {exception}{reason}")
+        else:  # retried, or handed back after an interruption: still in progress for the app
+            self._finish(message, status=PROCESSING, finished=False)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        if not message.failed:  # skipped because its work is already complete
+            self._finish(message, status=COMPLETED, progress=1.0)
+
+    def _finish(self, message: dramatiq.Message, *, status: str, error: str | None = None,
+                progress: float | None = None, finished: bool = True) -> None:  # fmt: skip
+        now = _now()
+        values: dict[str, Any] = {"status": status, "unfinished_deliveries": 0, "updated_at": now}
+        if finished:
+            values["finished_at"] = now
+        if error is not None:
+            values["error"] = error
+        if progress is not None:
+            values["progress"] = progress
+        with self.database.transaction() as connection:
+            connection.execute(update(job_status).where(job_status.c.message_id == message.message_id).values(values))
+
+
+def report_progress(database: Database, fraction: float, *, connection: Connection | None = None) -> None:
+    """Record the running job's progress (0..1); on ``connection``, inside the caller's transaction."""
+    message = CurrentMessage.get_current_message()
+    if message is None:
+        raise RuntimeError("report_progress() is for actors: no message is being processed in this thread.")
+    statement = (
+        update(job_status)
+        .where(job_status.c.message_id == message.message_id)
+        .values(progress=max(0.0, min(1.0, fraction)), updated_at=_now())
+    )
+    if connection is not None:
+        connection.execute(statement)
+        return
+    with database.transaction() as own_connection:
+        own_connection.execute(statement)
+
+
+def get_job(database: Database, message_id: str) -> dict[str, Any] | None:
+    with database.engine.connect() as connection:
+        row = connection.execute(select(job_status).where(job_status.c.message_id == message_id)).first()
+    return dict(row._mapping) if row is not None else None
+
+
+def list_jobs(database: Database, *, status: str | None = None, actor: str | None = None,
+              queue: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+    query = select(job_status).order_by(job_status.c.updated_at.desc()).limit(limit).offset(offset)
+    if status is not None:
+        query = query.where(job_status.c.status == status)
+    if actor is not None:
+        query = query.where(job_status.c.actor_name == actor)
+    if queue is not None:
+        query = query.where(job_status.c.queue_name == queue)
+    with database.engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(query)]
