@@ -24,7 +24,7 @@ import dramatiq
 import httpx
 from dramatiq.middleware import CurrentMessage
 
-from middleware.error_classification import FatalError
+from middleware.error_classification import RETRYABLE_HTTP_STATUSES, FatalError
 from middleware.retry_policies import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -38,10 +38,9 @@ READ_TIMEOUT_MS = 10_000
 TIME_LIMIT_MS = 60_000
 TRANSCRIPT_READY = "transcript.ready"
 
-#: Its own policy rather than EMAILS (which behaves the same today), so tuning e-mail retries never
-#: changes webhooks. With 5 attempts the waits are about 1, 2, 4 and 8 s: max_delay_ms only matters
-#: if attempts grows.
-WEBHOOKS = RetryPolicy(attempts=5, backoff="exponential", base_delay_ms=1_000, max_delay_ms=60_000)
+#: Waits of about 2, 4, 8, 16, 32, 60 and 60 s: a receiver may be down for three minutes (a deploy)
+#: before the webhook is dead-lettered.
+WEBHOOKS = RetryPolicy(attempts=8, backoff="exponential", base_delay_ms=2_000, max_delay_ms=60_000)
 
 
 @dramatiq.actor(queue_name=QUEUE, retry_policy=WEBHOOKS, time_limit=TIME_LIMIT_MS)
@@ -52,6 +51,11 @@ def send_webhook(url: str, payload: dict, *, idempotency_key: str | None = None)
     # One client per call: a module-level client's connection pool does not survive a worker fork.
     with httpx.Client(timeout=_timeout(), follow_redirects=False) as client:
         response = client.post(url, content=body, headers=headers)
+    status = response.status_code
+    # Any other answer below 500 (a 4xx, a redirect) means the URL or the request is wrong: retrying
+    # will not help. 408, 425 and 429 ask for a later try; 5xx are the receiver's trouble.
+    if 300 <= status < 500 and status not in RETRYABLE_HTTP_STATUSES:
+        raise FatalError(f"webhook {url} answered HTTP {status}: {response.text[:200]!r}")
     response.raise_for_status()
     logger.info("Webhook to %s answered %d (Idempotency-Key %s).", url, response.status_code, key)
 

@@ -7,6 +7,8 @@
    segmentation it started with even if the setting changes).
 3. Each segment is transcribed, then written to ``transcript_segments`` in the same transaction
    as the checkpoint that records it; a killed or interrupted job resumes after the last one.
+4. With ``callback_url``, a ``transcript.ready`` webhook is sent once the transcript is complete
+   (once per meeting: its idempotency key is the meeting).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from sqlalchemy import insert
 
 from actors.audio import AudioUnreadable, open_recording, wav_duration_ms
 from actors.engines import SpeechEngine, engine_from_name
+from actors.notifications import notify_transcript_ready
 from actors.system import current_system
 from actors.tables import transcript_segments
 from middleware.checkpoints import current_checkpoint
+from middleware.idempotency import DuplicateJob
 from middleware.routing import RoutedActor
 
 logger = logging.getLogger(__name__)
@@ -58,7 +62,9 @@ def _engine(name: str) -> SpeechEngine:
     notify_shutdown=True,
     max_retries=5,
 )
-def transcribe(meeting_id: str, audio_uri: str, *, segment_ms: int | None = None) -> None:
+def transcribe(
+    meeting_id: str, audio_uri: str, *, segment_ms: int | None = None, callback_url: str | None = None
+) -> None:
     settings = current_system().settings
     checkpoint = current_checkpoint()
     saved = checkpoint.position or {}
@@ -82,3 +88,13 @@ def transcribe(meeting_id: str, audio_uri: str, *, segment_ms: int | None = None
                     meeting_id=meeting_id, idx=idx, start_ms=start_ms, end_ms=end_ms, text=text
                 )
             )
+    if callback_url:
+        _notify_once(meeting_id, callback_url)
+
+
+def _notify_once(meeting_id: str, callback_url: str) -> None:
+    try:
+        notify_transcript_ready(meeting_id, callback_url)
+    except DuplicateJob as duplicate:
+        # A resumed or redelivered job that already sent its notification: once is enough.
+        logger.info("Transcript-ready webhook for meeting %s was already sent (%s).", meeting_id, duplicate)

@@ -2,6 +2,10 @@
 
 python -m ops db upgrade      create or migrate the schema (SQLite or PostgreSQL)
 python -m ops db current      print the schema revision and whether it is up to date
+python -m ops dlq ...         dead letters: list, show, resolve, requeue, delete, purge, stats, reconcile
+python -m ops jobs ...        job status: show MESSAGE_ID, list --status failed
+
+Every command that reads takes --json.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import sys
 from collections.abc import Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
+
+from ops import dlq, jobs
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -28,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SQLAlchemyError as error:
         print(f"error: database: {type(error).__name__}: {getattr(error, 'orig', None) or error}", file=sys.stderr)
         return EXIT_FAILED
+    except (LookupError, ValueError) as error:  # a missing row, a bad value: say which, no traceback
+        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
     upgrade.set_defaults(handler=_db_upgrade)
     db.add_parser("current", help="show the schema revision").set_defaults(handler=_db_current)
+    dlq.add_commands(commands)
+    jobs.add_commands(commands)
     return parser
 
 

@@ -38,7 +38,10 @@ class HttpSink:
         self._requests: list[RecordedRequest] = []
         self._server = ThreadingHTTPServer((HOST, 0), _handler_for(self))
         self._server.daemon_threads = True  # a hung client must not block close()
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http-sink", daemon=True)
+        # serve_forever checks for shutdown once per poll interval: 0.5 s by default, per test.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="http-sink", daemon=True
+        )
         self._thread.start()
 
     @property

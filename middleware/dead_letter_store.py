@@ -1,0 +1,200 @@
+"""Operations on dead letters: list, show, resolve, requeue, delete, purge, stats, reconcile.
+
+The Python API behind ``python -m ops dlq ...`` (and, later, the admin API). Every function takes
+the :class:`Database`; requeue and reconcile also take the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dramatiq
+from dramatiq.common import xq_name
+from sqlalchemy import case, delete, func, select, update
+
+from middleware.database import Database
+from middleware.dead_letters import KINDS, RETRYABLE, dead_letters, insert_dead_letter, message_payload
+
+logger = logging.getLogger("middleware.dead_letter_store")
+
+#: Options that belonged to the failed run, not to the job: a requeued message starts afresh.
+_RUN_OPTIONS = ("retries", "traceback", "requeue_timestamp", "eta", "redis_message_id", "dead_letter_id")
+
+
+class DeadLetterNotFound(LookupError):
+    def __init__(self, dead_letter_id: int) -> None:
+        super().__init__(f"there is no dead letter with id {dead_letter_id}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Filters:
+    queue: str | None = None
+    actor: str | None = None
+    kind: str | None = None
+    resolved: bool | None = None
+    since: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+
+    def apply(self, query):
+        conditions = {
+            "queue": lambda value: dead_letters.c.queue_name == value,
+            "actor": lambda value: dead_letters.c.actor_name == value,
+            "kind": lambda value: dead_letters.c.kind == value,
+            "resolved": lambda value: dead_letters.c.resolved.is_(value),
+            "since": lambda value: dead_letters.c.failed_at >= value,
+        }
+        for name, condition in conditions.items():
+            value = getattr(self, name)
+            if value is not None:
+                query = query.where(condition(value))
+        return query
+
+
+def list_dead_letters(database: Database, filters: Filters = Filters(), *, limit: int = 50,
+                      offset: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+    columns = [column for column in dead_letters.c if column.name not in ("message", "traceback")]
+    query = filters.apply(select(*columns)).order_by(dead_letters.c.id.desc()).limit(limit).offset(offset)
+    with database.engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(query)]
+
+
+def count_dead_letters(database: Database, filters: Filters = Filters()) -> int:
+    with database.engine.connect() as connection:
+        return connection.scalar(filters.apply(select(func.count()).select_from(dead_letters)))
+
+
+def get_dead_letter(database: Database, dead_letter_id: int) -> dict[str, Any]:
+    with database.engine.connect() as connection:
+        row = connection.execute(select(dead_letters).where(dead_letters.c.id == dead_letter_id)).first()
+    if row is None:
+        raise DeadLetterNotFound(dead_letter_id)
+    return dict(row._mapping)
+
+
+def resolve(database: Database, dead_letter_id: int, *, by: str, notes: str | None = None) -> dict[str, Any]:
+    _update(database, dead_letter_id, resolved=True, resolved_at=datetime.now(UTC), resolved_by=by, notes=notes)
+    return get_dead_letter(database, dead_letter_id)
+
+
+def delete_dead_letter(database: Database, dead_letter_id: int) -> None:
+    with database.transaction() as connection:
+        if connection.execute(delete(dead_letters).where(dead_letters.c.id == dead_letter_id)).rowcount != 1:
+            raise DeadLetterNotFound(dead_letter_id)
+
+
+def requeue(database: Database, broker: dramatiq.Broker, dead_letter_id: int, *, by: str = "requeue") -> str:
+    """Enqueue the original message again, as a new message linked back to the row; returns its id."""
+    row = get_dead_letter(database, dead_letter_id)
+    payload = dict(row["message"])
+    options = {key: value for key, value in payload.get("options", {}).items() if key not in _RUN_OPTIONS}
+    message = dramatiq.Message(**{**payload, "options": options, "message_id": str(uuid.uuid4()),
+                                  "message_timestamp": int(time.time() * 1000)})  # fmt: skip
+    broker.enqueue(message)
+    now = datetime.now(UTC)
+    _update(database, dead_letter_id, requeued_as=message.message_id, requeued_at=now, resolved=True,
+            resolved_at=now, resolved_by=by, notes=row["notes"] or f"requeued as {message.message_id}")  # fmt: skip
+    return message.message_id
+
+
+def requeue_matching(database: Database, broker: dramatiq.Broker, filters: Filters, *, limit: int,
+                     per_second: float = 50.0) -> list[tuple[int, str]]:  # fmt: skip
+    """Requeue up to ``limit`` unresolved rows, paced at ``per_second`` so a backlog does not flood workers."""
+    if per_second <= 0:
+        raise ValueError("per_second must be positive")
+    unresolved = Filters(**{**filters.__dict__, "resolved": False})
+    requeued = []
+    for row in list_dead_letters(database, unresolved, limit=limit):
+        started = time.monotonic()
+        requeued.append((row["id"], requeue(database, broker, row["id"], by="bulk requeue")))
+        time.sleep(max(0.0, 1 / per_second - (time.monotonic() - started)))  # pacing, not waiting
+    return requeued
+
+
+def purge(database: Database, *, older_than: timedelta, resolved_only: bool = True) -> int:
+    """Delete rows that failed more than ``older_than`` ago (resolved ones only, by default)."""
+    cutoff = datetime.now(UTC) - older_than
+    statement = delete(dead_letters).where(dead_letters.c.failed_at < cutoff)
+    if resolved_only:
+        statement = statement.where(dead_letters.c.resolved.is_(True))
+    with database.transaction() as connection:
+        return connection.execute(statement).rowcount
+
+
+def stats(database: Database) -> list[dict[str, Any]]:
+    """Per queue: total, resolved and unresolved."""
+    resolved = func.sum(case((dead_letters.c.resolved.is_(True), 1), else_=0))
+    query = (
+        select(dead_letters.c.queue_name, func.count().label("total"), resolved.label("resolved"))
+        .group_by(dead_letters.c.queue_name)
+        .order_by(dead_letters.c.queue_name)
+    )
+    with database.engine.connect() as connection:
+        return [
+            {"queue": row.queue_name, "total": row.total, "resolved": int(row.resolved or 0),
+             "unresolved": row.total - int(row.resolved or 0)}
+            for row in connection.execute(query)
+        ]  # fmt: skip
+
+
+def reconcile(database: Database, broker: dramatiq.Broker) -> int:
+    """Record messages sitting in the broker's dead-letter queues that have no row yet."""
+    recorded = 0
+    for queue_name in sorted(broker.get_declared_queues()):
+        for message in broker_dead_letters(broker, queue_name):
+            row = {
+                "queue_name": queue_name, "actor_name": message.actor_name, "message_id": message.message_id,
+                "message": message_payload(message), "error_type": "Unrecorded",
+                "error_message": "recorded by reconcile from the broker's dead-letter queue: the final error was "
+                                 "not captured (the database was unreachable when the job failed)",
+                "traceback": message.options.get("traceback"), "attempts": max(1, message.options.get("retries", 0)),
+                "kind": RETRYABLE, "failed_at": datetime.now(UTC),
+            }  # fmt: skip
+            with database.transaction() as connection:
+                if insert_dead_letter(connection, row) is not None:
+                    recorded += 1
+                    logger.info("Reconciled dead letter %s from %s.", message.message_id, xq_name(queue_name))
+    return recorded
+
+
+def broker_dead_letters(broker: dramatiq.Broker, queue_name: str) -> Iterator[dramatiq.Message]:
+    """The messages in a queue's broker-side dead-letter queue (Redis and RabbitMQ), left in place."""
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+    from dramatiq.brokers.redis import RedisBroker
+
+    if isinstance(broker, RedisBroker):
+        key = f"{broker.namespace}:{xq_name(queue_name)}.msgs"
+        for data in broker.client.hvals(key):
+            yield dramatiq.Message.decode(data)
+    elif isinstance(broker, RabbitmqBroker):
+        yield from _rabbitmq_dead_letters(broker, xq_name(queue_name))
+    else:
+        raise TypeError(f"reconcile does not know how to read {type(broker).__name__}'s dead-letter queues")
+
+
+def _rabbitmq_dead_letters(broker, queue: str) -> Iterator[dramatiq.Message]:
+    # basic_get without acking, then close the channel: every message goes back to the queue.
+    channel = broker.connection.channel()
+    try:
+        while True:
+            method, _properties, body = channel.basic_get(queue=queue, auto_ack=False)
+            if method is None:
+                return
+            yield dramatiq.Message.decode(body)
+    finally:
+        channel.close()
+
+
+def _update(database: Database, dead_letter_id: int, **values: Any) -> None:
+    with database.transaction() as connection:
+        result = connection.execute(update(dead_letters).where(dead_letters.c.id == dead_letter_id).values(**values))
+        if result.rowcount != 1:
+            raise DeadLetterNotFound(dead_letter_id)
