@@ -54,10 +54,10 @@ def build_middleware(settings: Settings, database: Database) -> Sequence[Middlew
         DeadLetters(database=database),
         # Refuses a second enqueue per idempotency key; skips redelivered keyed jobs already done.
         # Before JobStatus, so it reads the status as it was before this delivery.
-        Idempotency(database=database),
+        Idempotency(database=database, ttl_ms=settings.idempotency_ttl_ms),
         # queued -> processing -> completed | failed, progress; counts deliveries to catch poison.
         # Before Retries, so its after-hook sees whether the failure is final.
-        JobStatus(database=database, max_deliveries=5),
+        JobStatus(database=database, max_deliveries=settings.max_deliveries),
         # Fatal errors fail at once; others retry by the actor's policy; interruptions cost nothing.
         Retries(max_retries=5, min_backoff=2_000, max_backoff=300_000),
         # Gives checkpointed actors their saved position and completes it when they succeed.

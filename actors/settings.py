@@ -42,6 +42,10 @@ class Settings:
     large_threshold_ms: int = 40 * MINUTE_MS
     regular_time_limit_ms: int = 20 * MINUTE_MS
     large_time_limit_ms: int = 180 * MINUTE_MS
+    #: Deliveries whose worker died, after which a message is dead-lettered as poison.
+    max_deliveries: int = 5
+    #: How long a completed job keeps its idempotency key.
+    idempotency_ttl_ms: int = 24 * 60 * MINUTE_MS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -60,6 +64,8 @@ class Settings:
             large_threshold_ms=env.integer("LARGE_THRESHOLD_MS", 40 * MINUTE_MS, minimum=1),
             regular_time_limit_ms=env.integer("REGULAR_TIME_LIMIT_MS", 20 * MINUTE_MS, minimum=1_000),
             large_time_limit_ms=env.integer("LARGE_TIME_LIMIT_MS", 180 * MINUTE_MS, minimum=1_000),
+            max_deliveries=env.integer("MAX_DELIVERIES", 5, minimum=1),
+            idempotency_ttl_ms=env.integer("IDEMPOTENCY_TTL_MS", 24 * 60 * MINUTE_MS, minimum=1_000),
         )
         if settings.large_time_limit_ms < settings.regular_time_limit_ms:
             raise SettingsError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -46,7 +47,7 @@ def process_env(overrides: Mapping[str, str]) -> dict[str, str]:
 _SYSTEM_SETTINGS = {
     "BROKER_URL", "DATABASE_URL", "STATE_DIR", "REDIS_NAMESPACE", "REDIS_HEARTBEAT_TIMEOUT_MS",
     "REDIS_MAINTENANCE_CHANCE", "TRANSCRIPTION_ENGINE", "TRANSCRIPTION_SEGMENT_MS", "LARGE_THRESHOLD_MS",
-    "REGULAR_TIME_LIMIT_MS", "LARGE_TIME_LIMIT_MS",
+    "REGULAR_TIME_LIMIT_MS", "LARGE_TIME_LIMIT_MS", "MAX_DELIVERIES", "IDEMPOTENCY_TTL_MS",
 }  # fmt: skip
 
 
@@ -76,8 +77,10 @@ class WorkerProcess:
         processes: int = 1,
         threads: int = 1,
         log_path: Path,
+        modules: tuple[str, ...] = (),
     ) -> None:
-        command = [str(VENV_BIN / "dramatiq"), "actors", "--processes", str(processes), "--threads", str(threads)]
+        command = [str(VENV_BIN / "dramatiq"), "actors", *modules]
+        command += ["--processes", str(processes), "--threads", str(threads)]
         if queues:
             command += ["--queues", *queues]
         self.log_path = log_path
@@ -118,6 +121,10 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def events(self) -> list[dict]:
+        """The JSON job events the worker wrote to its standard error."""
+        return [json.loads(line[line.index("{") :]) for line in self.log().splitlines() if '{"event":' in line]
 
     def stop(self, *, timeout_s: float = 30) -> int | None:
         if self.process.poll() is None:

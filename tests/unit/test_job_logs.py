@@ -22,22 +22,20 @@ COMMON = {"event", "message_id", "actor", "queue", "timestamp"}
 
 
 @pytest.fixture
-def events() -> Iterator[list[dict]]:
+def events() -> Iterator[io.StringIO]:
+    """The JSON lines the events logger writes during the test."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonEventFormatter())
     logger = logging.getLogger(EVENTS_LOGGER)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    lines: list[dict] = []
-    yield lines
+    yield stream
     logger.removeHandler(handler)
 
 
-def collected(events: list[dict]) -> list[dict]:
-    handler = next(h for h in logging.getLogger(EVENTS_LOGGER).handlers if isinstance(h.formatter, JsonEventFormatter))
-    events[:] = [json.loads(line) for line in handler.stream.getvalue().splitlines()]
-    return events
+def collected(events: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in events.getvalue().splitlines()]
 
 
 def drain(broker: StubBroker, worker: Worker) -> None:
@@ -45,7 +43,7 @@ def drain(broker: StubBroker, worker: Worker) -> None:
     worker.join()
 
 
-def test_a_successful_checkpointed_job(stub_broker: StubBroker, stub_worker: Worker, events: list[dict]) -> None:
+def test_a_successful_checkpointed_job(stub_broker: StubBroker, stub_worker: Worker, events: io.StringIO) -> None:
     @dramatiq.actor(broker=stub_broker, checkpointed=True)
     def job() -> None:
         with current_checkpoint().saving(0) as connection:
@@ -63,7 +61,7 @@ def test_a_successful_checkpointed_job(stub_broker: StubBroker, stub_worker: Wor
     assert set(lines[2]) == COMMON | {"duration_ms", "attempt"} and lines[2]["duration_ms"] >= 0
 
 
-def test_a_retried_then_dead_lettered_job(stub_broker: StubBroker, stub_worker: Worker, events: list[dict]) -> None:
+def test_a_retried_then_dead_lettered_job(stub_broker: StubBroker, stub_worker: Worker, events: io.StringIO) -> None:
     @dramatiq.actor(broker=stub_broker, max_retries=1, min_backoff=10, max_backoff=20)
     def job() -> None:
         raise ConnectionResetError("reset")
@@ -83,7 +81,7 @@ def test_a_retried_then_dead_lettered_job(stub_broker: StubBroker, stub_worker: 
     assert set(dead) == COMMON | {"kind", "error", "dead_letter_id"} and dead["kind"] == "retryable"
 
 
-def test_a_fatal_job(stub_broker: StubBroker, stub_worker: Worker, events: list[dict]) -> None:
+def test_a_fatal_job(stub_broker: StubBroker, stub_worker: Worker, events: io.StringIO) -> None:
     @dramatiq.actor(broker=stub_broker, max_retries=5)
     def job() -> None:
         raise FatalError("record deleted")
