@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from middleware.database import Database
+from middleware.job_status import get_job
 from ops.recordings import make_long_recording
 from tests.harness import WorkerProcess, run_python, wait_until
+from tests.http_sink import HttpSink
 from tests.transcripts import Transcripts
 
 
@@ -83,3 +86,34 @@ def test_a_worker_serves_only_the_queues_it_is_given(
         assert transcripts.checkpoint(short) is None, "the regular queue has no worker, so nothing started it"
     finally:
         worker.stop()
+
+
+def test_a_completed_transcript_calls_back_once_even_when_sent_again(
+    env: dict[str, str], transcripts: Transcripts, tmp_path: Path
+) -> None:
+    meeting = f"callback-{uuid.uuid4().hex[:8]}"
+    recording = make_long_recording(tmp_path / "meeting.wav", seconds=5)
+    worker = WorkerProcess(env, threads=2, log_path=tmp_path / "worker.log")
+    with HttpSink() as sink:
+        code = (
+            "from actors.transcription import transcribe\n"
+            f"print(transcribe.send({meeting!r}, {str(recording)!r}, callback_url={sink.url()!r}).message_id)\n"
+        )
+        try:
+            worker.wait_ready()
+            first = run_python(env, code)
+            assert first.returncode == 0, first.stderr
+            [request] = sink.wait_for_requests(1, timeout_s=60)
+            again = run_python(env, code)
+            assert again.returncode == 0, again.stderr
+            second_id = again.stdout.split()[-1]
+            database = Database(env["DATABASE_URL"])
+            wait_until(lambda: (get_job(database, second_id) or {}).get("status") == "completed", timeout_s=30,
+                       what="the second job to be skipped as already complete")  # fmt: skip
+            database.dispose()
+        finally:
+            worker.stop()
+        assert len(sink.requests) == 1, "one transcript, one notification"
+    assert request.json == {"event": "transcript.ready", "meeting_id": meeting}
+    assert request.headers["idempotency-key"] == f"transcript.ready:{meeting}"
+    assert transcripts.segment_indexes(meeting) == [0, 1, 2]
