@@ -14,7 +14,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.pool import NullPool
 
 #: One schema for the whole system; each table is defined by the package whose code writes it.
 metadata = MetaData(
@@ -65,8 +64,9 @@ def create_database_engine(url: str) -> Engine:
 
 
 def _create_sqlite_engine(url: str) -> Engine:
-    # NullPool: SQLite connections are cheap to open, and a pooled one must not cross threads.
-    engine = create_engine(url, poolclass=NullPool)
+    # Pooled (opening a connection and setting its pragmas cost more than a status write); a
+    # connection is used by one thread at a time, so the driver's same-thread check is lifted.
+    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args={"check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -14,12 +14,27 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage, Middleware
-from sqlalchemy import Column, Connection, DateTime, Float, Index, Integer, String, Table, Text, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from middleware.database import Database, metadata
@@ -55,8 +70,37 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _insert(connection: Connection):
-    return (postgresql if connection.dialect.name == "postgresql" else sqlite).insert(job_status)
+class _Statements:
+    """The three writes of every message, built once per dialect: building a statement costs
+    more than running it (SQLAlchemy's per-call construction and cache-key work)."""
+
+    def __init__(self, dialect_name: str) -> None:
+        insert = (postgresql if dialect_name == "postgresql" else sqlite).insert(job_status)
+        table = job_status
+        self.enqueue = insert.on_conflict_do_nothing(index_elements=["message_id"])
+        self.start = insert.on_conflict_do_update(
+            index_elements=["message_id"],
+            set_={
+                "status": insert.excluded.status, "attempts": table.c.attempts + 1,
+                "unfinished_deliveries": table.c.unfinished_deliveries + 1,
+                "started_at": insert.excluded.started_at, "updated_at": insert.excluded.updated_at,
+            },
+        ).returning(table.c.unfinished_deliveries)  # fmt: skip
+        self.finish = (
+            update(table)
+            .where(table.c.message_id == bindparam("id"))
+            .values(
+                status=bindparam("status"), unfinished_deliveries=0, updated_at=bindparam("now"),
+                finished_at=func.coalesce(bindparam("finished_at"), table.c.finished_at),
+                error=func.coalesce(bindparam("error"), table.c.error),
+                progress=func.coalesce(bindparam("progress"), table.c.progress),
+            )
+        )  # fmt: skip
+
+
+@cache
+def _statements(dialect_name: str) -> _Statements:
+    return _Statements(dialect_name)
 
 
 class JobStatus(Middleware):
@@ -72,30 +116,20 @@ class JobStatus(Middleware):
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
         now = _now()
         with self.database.transaction() as connection:
-            statement = _insert(connection).values(
-                message_id=message.message_id, actor_name=message.actor_name, queue_name=q_name(message.queue_name),
-                status=QUEUED, attempts=0, unfinished_deliveries=0, enqueued_at=now, updated_at=now,
-            )  # fmt: skip
-            connection.execute(statement.on_conflict_do_nothing(index_elements=["message_id"]))
+            connection.execute(_statements(connection.dialect.name).enqueue, {
+                "message_id": message.message_id, "actor_name": message.actor_name,
+                "queue_name": q_name(message.queue_name), "status": QUEUED, "attempts": 0,
+                "unfinished_deliveries": 0, "enqueued_at": now, "updated_at": now,
+            })  # fmt: skip
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         now = _now()
         with self.database.transaction() as connection:
-            statement = _insert(connection).values(
-                message_id=message.message_id, actor_name=message.actor_name, queue_name=q_name(message.queue_name),
-                status=PROCESSING, attempts=1, unfinished_deliveries=1, started_at=now, updated_at=now,
-            )  # fmt: skip
-            table = job_status
-            unfinished = connection.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["message_id"],
-                    set_={
-                        "status": PROCESSING, "attempts": table.c.attempts + 1,
-                        "unfinished_deliveries": table.c.unfinished_deliveries + 1,
-                        "started_at": statement.excluded.started_at, "updated_at": now,
-                    },
-                ).returning(table.c.unfinished_deliveries)
-            ).scalar_one()  # fmt: skip
+            unfinished = connection.execute(_statements(connection.dialect.name).start, {
+                "message_id": message.message_id, "actor_name": message.actor_name,
+                "queue_name": q_name(message.queue_name), "status": PROCESSING, "attempts": 1,
+                "unfinished_deliveries": 1, "started_at": now, "updated_at": now,
+            }).scalar_one()  # fmt: skip
         if is_poison(unfinished - 1, max_deliveries=self.max_deliveries):
             logger.error("Message %s was delivered %d times and its worker died each time; dead-lettering "
                          "it as poison.", message.message_id, unfinished - 1)  # fmt: skip
@@ -127,15 +161,11 @@ class JobStatus(Middleware):
     def _finish(self, message: dramatiq.Message, *, status: str, error: str | None = None,
                 progress: float | None = None, finished: bool = True) -> None:  # fmt: skip
         now = _now()
-        values: dict[str, Any] = {"status": status, "unfinished_deliveries": 0, "updated_at": now}
-        if finished:
-            values["finished_at"] = now
-        if error is not None:
-            values["error"] = error
-        if progress is not None:
-            values["progress"] = progress
         with self.database.transaction() as connection:
-            connection.execute(update(job_status).where(job_status.c.message_id == message.message_id).values(values))
+            connection.execute(_statements(connection.dialect.name).finish, {
+                "id": message.message_id, "status": status, "now": now, "finished_at": now if finished else None,
+                "error": error, "progress": progress,
+            })  # fmt: skip
 
 
 def report_progress(database: Database, fraction: float, *, connection: Connection | None = None) -> None:
