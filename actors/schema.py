@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy.exc import SQLAlchemyError
+# Alembic announces its plugins and dialect at INFO on every check: noise in a worker's log.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
-from middleware.database import Database
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
+
+from middleware.database import Database  # noqa: E402
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -34,8 +37,6 @@ def required_revisions() -> set[str]:
 
 
 def current_revisions(database: Database) -> set[str]:
-    # Alembic announces its plugins and dialect at INFO on every check: noise in a worker's log.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     with database.engine.connect() as connection:
         return set(MigrationContext.configure(connection).get_current_heads())
 

@@ -97,7 +97,8 @@ def test_a_deploy_hands_the_job_back_at_once_and_it_continues_without_spending_a
         stopping_at = time.monotonic()
         assert first.stop(timeout_s=30) == 0, first.log()
         stop_s = time.monotonic() - stopping_at
-        assert "interrupted by Shutdown; handing it back without spending an attempt" in first.log()
+        interrupted = [event for event in first.events() if event["event"] == "job.interrupted"]
+        assert [event["reason"] for event in interrupted] == ["Shutdown"], "handed back without spending an attempt"
         stored_at_stop = len(transcripts.segment_indexes(meeting))
 
         second = WorkerProcess(env, log_path=tmp_path / "second-worker.log")
@@ -111,5 +112,6 @@ def test_a_deploy_hands_the_job_back_at_once_and_it_continues_without_spending_a
     row = transcripts.checkpoint(meeting)
     assert transcripts.segment_indexes(meeting) == list(range(EXPECTED_SEGMENTS))
     assert row.resumes == 1 and row.resumed_from["idx"] == stored_at_stop - 1
-    assert "Retrying message" not in first.log() + second.log(), "a deploy must not spend a retry"
+    events = [event["event"] for event in first.events() + second.events()]
+    assert "job.retry" not in events and "job.failed" not in events, "a deploy must not spend a retry"
     print(f"\nSIGTERM: worker stopped in {stop_s:.1f} s with the job handed back at segment {stored_at_stop}")

@@ -163,11 +163,11 @@ def test_a_message_that_keeps_killing_its_worker_is_dead_lettered_as_poison(
     ))  # fmt: skip
     # No supervisor yet: restart the worker each time the poison message kills it.
     for restart in range(4):
+        # No wait_ready: the poison message may kill the worker the instant it is ready.
         worker = WorkerProcess(env, log_path=tmp_path / f"worker-{restart}.log", modules=("tests.chaos_actors",))
-        worker.wait_ready()
         recorded = wait_until(
             lambda w=worker: dead_letter_of(env, poison) or w.process.poll() is not None,
-            timeout_s=30,
+            timeout_s=60,
             what="the worker to die or the poison to be recorded",
         )
         worker.stop()
