@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -18,6 +17,7 @@ from dramatiq.middleware import (
 )
 
 from actors.embedded_redis import ensure_embedded_redis
+from actors.redis_broker import RedisBroker
 from actors.schema import schema_problem
 from actors.settings import Settings
 from middleware.boot_checks import BootChecks

@@ -6,24 +6,29 @@ the :class:`Database`; requeue and reconcile also take the broker.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dramatiq
 from dramatiq.common import xq_name
+from dramatiq.errors import DecodeError
 from sqlalchemy import case, delete, func, select, update
 
 from middleware.database import Database
-from middleware.dead_letters import KINDS, RETRYABLE, dead_letters, insert_dead_letter, message_payload
+from middleware.dead_letters import FATAL, KINDS, RETRYABLE, dead_letters, insert_dead_letter, message_payload
 
 logger = logging.getLogger("middleware.dead_letter_store")
 
 #: Options that belonged to the failed run, not to the job: a requeued message starts afresh.
+#: The key under which a dead letter keeps a body that could not be decoded as a message.
+MALFORMED_BODY = "malformed_body"
+
 _RUN_OPTIONS = ("retries", "traceback", "requeue_timestamp", "eta", "redis_message_id", "dead_letter_id")
 
 
@@ -95,6 +100,8 @@ def requeue(database: Database, broker: dramatiq.Broker, dead_letter_id: int, *,
     """Enqueue the original message again, as a new message linked back to the row; returns its id."""
     row = get_dead_letter(database, dead_letter_id)
     payload = dict(row["message"])
+    if MALFORMED_BODY in payload:
+        raise ValueError(f"dead letter {dead_letter_id} holds a malformed message body; there is nothing to requeue")
     options = {key: value for key, value in payload.get("options", {}).items() if key not in _RUN_OPTIONS}
     message = dramatiq.Message(**{**payload, "options": options, "message_id": str(uuid.uuid4()),
                                   "message_timestamp": int(time.time() * 1000)})  # fmt: skip
@@ -145,42 +152,69 @@ def stats(database: Database) -> list[dict[str, Any]]:
         ]  # fmt: skip
 
 
-def reconcile(database: Database, broker: dramatiq.Broker) -> int:
-    """Record messages sitting in the broker's dead-letter queues that have no row yet."""
+def reconcile(database: Database, broker: dramatiq.Broker, *, queues: Iterable[str] = ()) -> int:
+    """Record messages sitting in the broker's dead-letter queues that have no row yet.
+
+    Looks at the broker's declared queues, ``queues``, and on Redis every queue with a
+    dead-letter queue under the broker's namespace.
+    """
     recorded = 0
-    for queue_name in sorted(broker.get_declared_queues()):
-        for message in broker_dead_letters(broker, queue_name):
-            row = {
-                "queue_name": queue_name, "actor_name": message.actor_name, "message_id": message.message_id,
-                "message": message_payload(message), "error_type": "Unrecorded",
-                "error_message": "recorded by reconcile from the broker's dead-letter queue: the final error was "
-                                 "not captured (the database was unreachable when the job failed)",
-                "traceback": message.options.get("traceback"), "attempts": max(1, message.options.get("retries", 0)),
-                "kind": RETRYABLE, "failed_at": datetime.now(UTC),
-            }  # fmt: skip
+    for queue_name in sorted(set(broker.get_declared_queues()) | set(queues) | _redis_dead_letter_queues(broker)):
+        for dead_id, body in broker_dead_letters(broker, queue_name):
+            row = _reconciled_row(queue_name, dead_id, body)
             with database.transaction() as connection:
                 if insert_dead_letter(connection, row) is not None:
                     recorded += 1
-                    logger.info("Reconciled dead letter %s from %s.", message.message_id, xq_name(queue_name))
+                    logger.info("Reconciled dead letter %s from %s.", row["message_id"], xq_name(queue_name))
     return recorded
 
 
-def broker_dead_letters(broker: dramatiq.Broker, queue_name: str) -> Iterator[dramatiq.Message]:
-    """The messages in a queue's broker-side dead-letter queue (Redis and RabbitMQ), left in place."""
+def _reconciled_row(queue_name: str, dead_id: str, body: bytes) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    try:
+        message = dramatiq.Message.decode(body)
+    except DecodeError as error:
+        return {
+            "queue_name": queue_name, "actor_name": "(unknown)", "message_id": dead_id,
+            "message": {MALFORMED_BODY: body[:10_000].decode("utf-8", errors="replace")},
+            "error_type": "DecodeError", "error_message": f"malformed message body: {error.__cause__ or error}",
+            "traceback": None, "attempts": 0, "kind": FATAL, "failed_at": now,
+        }  # fmt: skip
+    return {
+        "queue_name": queue_name, "actor_name": message.actor_name, "message_id": message.message_id,
+        "message": message_payload(message), "error_type": "Unrecorded",
+        "error_message": "recorded by reconcile from the broker's dead-letter queue: the final error was "
+                         "not captured (the database was unreachable when the job failed)",
+        "traceback": message.options.get("traceback"), "attempts": max(1, message.options.get("retries", 0)),
+        "kind": RETRYABLE, "failed_at": now,
+    }  # fmt: skip
+
+
+def broker_dead_letters(broker: dramatiq.Broker, queue_name: str) -> Iterator[tuple[str, bytes]]:
+    """(id, raw body) of each message in a queue's broker-side dead-letter queue, left in place."""
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
     from dramatiq.brokers.redis import RedisBroker
 
     if isinstance(broker, RedisBroker):
-        key = f"{broker.namespace}:{xq_name(queue_name)}.msgs"
-        for data in broker.client.hvals(key):
-            yield dramatiq.Message.decode(data)
+        for redis_message_id, body in broker.client.hgetall(f"{broker.namespace}:{xq_name(queue_name)}.msgs").items():
+            yield redis_message_id.decode(), body
     elif isinstance(broker, RabbitmqBroker):
         yield from _rabbitmq_dead_letters(broker, xq_name(queue_name))
     else:
         raise TypeError(f"reconcile does not know how to read {type(broker).__name__}'s dead-letter queues")
 
 
-def _rabbitmq_dead_letters(broker, queue: str) -> Iterator[dramatiq.Message]:
+def _redis_dead_letter_queues(broker: dramatiq.Broker) -> set[str]:
+    from dramatiq.brokers.redis import RedisBroker
+
+    if not isinstance(broker, RedisBroker):
+        return set()
+    prefix, suffix = f"{broker.namespace}:", ".XQ.msgs"
+    keys = broker.client.scan_iter(match=f"{prefix}*{suffix}", count=1000)
+    return {key.decode()[len(prefix) : -len(suffix)] for key in keys}
+
+
+def _rabbitmq_dead_letters(broker, queue: str) -> Iterator[tuple[str, bytes]]:
     # basic_get without acking, then close the channel: every message goes back to the queue.
     channel = broker.connection.channel()
     try:
@@ -188,7 +222,7 @@ def _rabbitmq_dead_letters(broker, queue: str) -> Iterator[dramatiq.Message]:
             method, _properties, body = channel.basic_get(queue=queue, auto_ack=False)
             if method is None:
                 return
-            yield dramatiq.Message.decode(body)
+            yield f"malformed-{hashlib.sha256(body).hexdigest()[:32]}", body
     finally:
         channel.close()
 

@@ -44,7 +44,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     purge.add_argument("--resolved", action="store_true", help="only resolved ones (unresolved are kept)")
 
     _command(sub, "stats", "per queue: total, resolved, unresolved", _stats)
-    _command(sub, "reconcile", "record what sits in the brokers' dead-letter queues", _reconcile)
+    reconcile = _command(sub, "reconcile", "record what sits in the brokers' dead-letter queues", _reconcile)
+    reconcile.add_argument("--queue", action="append", default=[], help="also this queue (repeatable); "
+                           "declared queues, and on Redis every queue with dead letters, are always read")  # fmt: skip
 
 
 def _command(sub, name: str, help_text: str, handler) -> argparse.ArgumentParser:
@@ -159,6 +161,6 @@ def _reconcile(args: argparse.Namespace) -> int:
     from middleware.dead_letter_store import reconcile
 
     system = _system()
-    recorded = reconcile(system.database, system.broker)
+    recorded = reconcile(system.database, system.broker, queues=args.queue)
     print_json({"recorded": recorded}) if args.json else print(f"{recorded} dead letters recorded from the broker.")
     return 0

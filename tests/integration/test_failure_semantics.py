@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import Table, create_engine, select
 
 from middleware.dead_letters import dead_letters
 from middleware.job_status import job_status
@@ -44,20 +44,20 @@ def send(env: dict[str, str], code: str) -> list[str]:
     return result.stdout.split()
 
 
-def job(env: dict[str, str], message_id: str) -> dict | None:
+def row_of(env: dict[str, str], table: Table, message_id: str) -> dict | None:
     engine = create_engine(env["DATABASE_URL"])
     with engine.connect() as connection:
-        row = connection.execute(select(job_status).where(job_status.c.message_id == message_id)).first()
+        row = connection.execute(select(table).where(table.c.message_id == message_id)).first()
     engine.dispose()
     return dict(row._mapping) if row is not None else None
+
+
+def job(env: dict[str, str], message_id: str) -> dict | None:
+    return row_of(env, job_status, message_id)
 
 
 def dead_letter_of(env: dict[str, str], message_id: str) -> dict | None:
-    engine = create_engine(env["DATABASE_URL"])
-    with engine.connect() as connection:
-        row = connection.execute(select(dead_letters).where(dead_letters.c.message_id == message_id)).first()
-    engine.dispose()
-    return dict(row._mapping) if row is not None else None
+    return row_of(env, dead_letters, message_id)
 
 
 def ops_json(env: dict[str, str], *args: str):

@@ -25,6 +25,7 @@ from middleware.dead_letter_store import (
 )
 from middleware.dead_letters import insert_dead_letter
 from middleware.error_classification import FatalError
+from tests.harness import wait_until
 
 
 def drain(broker: StubBroker, worker: Worker, queue_name: str = "default") -> None:
@@ -101,7 +102,8 @@ def test_a_message_for_an_unknown_actor_is_recorded_as_fatal(
     stub_broker.enqueue(dramatiq.Message(queue_name="default", actor_name="no_such_actor", args=(), kwargs={},
                                          options={}))  # fmt: skip
     drain(stub_broker, stub_worker)
-    [row] = list_dead_letters(database)
+    # The consumer thread records it just after the nack that the join waits for: poll for the row.
+    [row] = wait_until(lambda: list_dead_letters(database), timeout_s=5, what="the dead letter")
     assert (row["kind"], row["actor_name"], row["error_type"]) == ("fatal", "no_such_actor", "ActorNotFound")
 
 

@@ -1,0 +1,57 @@
+"""A message body that is not a message ends in the dead-letter table; the worker goes on."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pika
+import pytest
+
+from tests import harness
+from tests.harness import WorkerProcess, run_ops, run_python, wait_until
+
+GARBAGE = b"{this is not a dramatiq message"
+
+
+def publish_garbage(env: dict[str, str]) -> None:
+    if env["BROKER_URL"].startswith("redis"):
+        namespace, redis_id = env["REDIS_NAMESPACE"], str(uuid.uuid4())
+        client = harness.redis_client()
+        client.hset(f"{namespace}:chaos.msgs", redis_id, GARBAGE)
+        client.rpush(f"{namespace}:chaos", redis_id)
+        return
+    connection = pika.BlockingConnection(pika.URLParameters(env["BROKER_URL"]))
+    channel = connection.channel()
+    channel.basic_publish(exchange="", routing_key="chaos", body=GARBAGE)
+    connection.close()
+
+
+@pytest.mark.parametrize(("broker_env", "database_url"), [("redis", "sqlite"), ("rabbitmq", "sqlite")], indirect=True)
+def test_a_malformed_body_is_dead_lettered_and_recorded_by_reconcile(
+    broker_env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    env = {**broker_env, "DATABASE_URL": database_url}
+    marker = tmp_path / "served"
+    worker = WorkerProcess(env, log_path=tmp_path / "worker.log", modules=("tests.chaos_actors",))
+    try:
+        worker.wait_ready()
+        publish_garbage(env)
+        sent = run_python(env, f"from tests.chaos_actors import succeed; succeed.send({str(marker)!r})")
+        assert sent.returncode == 0, sent.stderr
+        wait_until(marker.exists, timeout_s=30, what="the good job sent after the malformed one")
+        assert worker.process.poll() is None, "the worker keeps serving"
+    finally:
+        worker.stop()
+
+    # RabbitMQ cannot list queues: a queue no actor of this process declares is named.
+    reconciled = run_ops(env, "dlq", "reconcile", "--queue", "chaos", "--json")
+    assert reconciled.returncode == 0, reconciled.stderr
+    assert json.loads(reconciled.stdout) == {"recorded": 1}
+    [row] = json.loads(run_ops(env, "dlq", "list", "--json").stdout)["dead_letters"]
+    assert (row["queue_name"], row["kind"], row["error_type"]) == ("chaos", "fatal", "DecodeError")
+    assert row["error_message"].startswith("malformed message body")
+    refused = run_ops(env, "dlq", "requeue", str(row["id"]))
+    assert refused.returncode == 1 and "holds a malformed message body" in refused.stderr
+    assert "Traceback" not in refused.stderr
