@@ -16,6 +16,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from actors import heartbeat_fork
 from actors.embedded_redis import ensure_embedded_redis
 from actors.redis_broker import RedisBroker
 from actors.schema import schema_problem
@@ -24,6 +25,7 @@ from middleware.boot_checks import BootChecks
 from middleware.checkpoints import Checkpoints
 from middleware.database import Database
 from middleware.dead_letters import DeadLetters
+from middleware.heartbeats import WorkerHeartbeats
 from middleware.idempotency import Idempotency
 from middleware.job_logs import JobLogs
 from middleware.job_status import JobStatus
@@ -31,9 +33,14 @@ from middleware.retries import Retries
 from middleware.routing import DurationRouting
 
 
-def build_middleware(settings: Settings, database: Database) -> Sequence[Middleware]:
+def build_middleware(settings: Settings, database: Database, *, redis: bool) -> Sequence[Middleware]:
     """The stack, in order: ``before_*`` hooks run top to bottom, ``after_*`` bottom to top."""
+    # Redis only: heartbeats from a process of their own, so a job holding the GIL never looks
+    # dead, and a dead worker's jobs come back within the liveness window, not by chance.
+    # (RabbitMQ hands a dead consumer's messages back as soon as its connection drops.)
+    heartbeats = [WorkerHeartbeats(fork=heartbeat_fork.run)] if redis else []
     return [
+        *heartbeats,
         # Refuses to start a worker whose database schema is behind, before it takes a message.
         BootChecks(checks=[lambda: schema_problem(database)]),
         # Drops messages past their max_age before any work is spent on them.
@@ -72,10 +79,10 @@ def build_middleware(settings: Settings, database: Database) -> Sequence[Middlew
 
 
 def build_broker(settings: Settings, database: Database) -> dramatiq.Broker:
-    middleware = build_middleware(settings, database)
     url = settings.broker_url
     if url is not None and url.startswith(("amqp://", "amqps://")):
-        return RabbitmqBroker(url=url, middleware=middleware)
+        return RabbitmqBroker(url=url, middleware=build_middleware(settings, database, redis=False))
+    middleware = build_middleware(settings, database, redis=True)
     if url is None:
         url = ensure_embedded_redis(settings.state_dir)
     return RedisBroker(

@@ -32,10 +32,12 @@ class Settings:
     state_dir: Path
     #: Key prefix of every Redis key the broker writes, so several systems can share one Redis.
     redis_namespace: str = "dramatiq"
-    #: How long a Redis worker may go without a heartbeat before its messages are handed back.
-    redis_heartbeat_timeout_ms: int = 60_000
-    #: Out of a million broker commands, how many run the maintenance that hands them back.
-    redis_maintenance_chance: int = 1_000
+    #: The liveness window: a Redis worker whose heartbeat is older than this is dead, and its
+    #: unacked messages are handed back (explicit heartbeats come from a process of their own).
+    redis_heartbeat_timeout_ms: int = 5_000
+    #: Out of a million broker commands, how many also run Dramatiq's hand-back by chance; the
+    #: heartbeat process already runs it every second, so 0 by default.
+    redis_maintenance_chance: int = 0
     transcription_engine: str = "pocketsphinx"
     transcription_segment_ms: int = 30_000
     #: Recordings longer than this go to the large queue.
@@ -57,8 +59,8 @@ class Settings:
             database_url=_database_url(env.text("DATABASE_URL", "") or default_database),
             state_dir=state_dir,
             redis_namespace=env.text("REDIS_NAMESPACE", "dramatiq"),
-            redis_heartbeat_timeout_ms=env.integer("REDIS_HEARTBEAT_TIMEOUT_MS", 60_000, minimum=1_000),
-            redis_maintenance_chance=env.integer("REDIS_MAINTENANCE_CHANCE", 1_000, minimum=0, maximum=1_000_000),
+            redis_heartbeat_timeout_ms=env.integer("REDIS_HEARTBEAT_TIMEOUT_MS", 5_000, minimum=2_000),
+            redis_maintenance_chance=env.integer("REDIS_MAINTENANCE_CHANCE", 0, minimum=0, maximum=1_000_000),
             transcription_engine=env.choice("TRANSCRIPTION_ENGINE", "pocketsphinx", set(ENGINE_NAMES)),
             transcription_segment_ms=env.integer("TRANSCRIPTION_SEGMENT_MS", 30_000, minimum=1_000),
             large_threshold_ms=env.integer("LARGE_THRESHOLD_MS", 40 * MINUTE_MS, minimum=1),

@@ -26,9 +26,6 @@ DEMO_SETTINGS = {
     "TRANSCRIPTION_SEGMENT_MS": "6000",
     # Anything over a minute is "large" in the demo (40 minutes by default).
     "LARGE_THRESHOLD_MS": "60000",
-    # Hand a killed worker's job back 4 s after its last heartbeat (Dramatiq: 60 s, by chance).
-    "REDIS_HEARTBEAT_TIMEOUT_MS": "4000",
-    "REDIS_MAINTENANCE_CHANCE": "1000000",
 }
 RECORDINGS = {"standup-monday": 20, "design-review": 25, "all-hands": 80}
 DEADLINE_S = 150

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import dramatiq
@@ -24,3 +25,25 @@ def kill_own_worker(marker_path: str) -> None:
 @dramatiq.actor(queue_name=QUEUE, max_retries=3)
 def succeed(marker_path: str) -> None:
     Path(marker_path).write_text("done")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=600_000)
+def hold_gil(marker_path: str) -> None:
+    """One ~10 s C call that never releases the GIL: no thread of this process can run meanwhile."""
+    with Path(marker_path).open("a") as marker:
+        marker.write(f"start {os.getpid()}\n")
+    3**25_000_000  # noqa: B018  (the point is the time it takes)
+    with Path(marker_path).open("a") as marker:
+        marker.write("done\n")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=600_000, notify_shutdown=True)
+def long_job(marker_path: str, seconds: float) -> None:
+    """A job that runs ``seconds`` (in short steps), recording each start."""
+    with Path(marker_path).open("a") as marker:
+        marker.write(f"start {os.getpid()} {time.time()}\n")
+    finish = time.monotonic() + seconds
+    while time.monotonic() < finish:
+        time.sleep(0.1)  # the job's own work, standing in for a long computation
+    with Path(marker_path).open("a") as marker:
+        marker.write("done\n")

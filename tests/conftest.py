@@ -70,12 +70,8 @@ def broker_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]
     """Environment for a real broker of the parametrised kind, isolated to this test."""
     if request.param == "redis":
         namespace = request.getfixturevalue("redis_namespace")
-        return {
-            "BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": namespace, "STATE_DIR": str(tmp_path),
-            # Hand a dead worker's messages back 5 s after its last heartbeat (Dramatiq's default is
-            # 60 s, checked on 0.1 % of commands); explicit heartbeats come with the recovery work.
-            "REDIS_HEARTBEAT_TIMEOUT_MS": "5000", "REDIS_MAINTENANCE_CHANCE": "1000000",
-        }  # fmt: skip
+        # The defaults: explicit heartbeats and a 5 s liveness window (middleware/heartbeats.py).
+        return {"BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": namespace, "STATE_DIR": str(tmp_path)}
     return {"BROKER_URL": request.getfixturevalue("rabbitmq_url"), "STATE_DIR": str(tmp_path)}
 
 
