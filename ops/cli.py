@@ -4,6 +4,7 @@ python -m ops db upgrade      create or migrate the schema (SQLite or PostgreSQL
 python -m ops db current      print the schema revision and whether it is up to date
 python -m ops dlq ...         dead letters: list, show, resolve, requeue, delete, purge, stats, reconcile
 python -m ops jobs ...        job status: show MESSAGE_ID, list --status failed
+python -m ops workers         run worker processes, restarting any that dies
 
 Every command that reads takes --json.
 """
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ops import dlq, jobs
+from ops import dlq, jobs, supervisor
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     db.add_parser("current", help="show the schema revision").set_defaults(handler=_db_current)
     dlq.add_commands(commands)
     jobs.add_commands(commands)
+    supervisor.add_commands(commands)
     return parser
 
 

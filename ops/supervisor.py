@@ -1,0 +1,140 @@
+"""python -m ops workers: run worker processes and restart any that dies, leaving the others alone.
+
+The ``dramatiq`` master never restarts a dead child: when one worker process dies (SIGKILL,
+out of memory) it stops all the others and exits. So this supervisor runs N separate
+``dramatiq actors --processes 1`` commands (the dramatiq CLI itself, with its signal handling,
+logging and heartbeat fork) and restarts only the one that exited. For production, systemd or
+Kubernetes does the same job.
+
+1. Start ``--workers`` commands, each in its own process group.
+2. When one exits unexpectedly, start it again after a short pause that grows (up to 30 s) while
+   it keeps dying within seconds of starting; exit code 2 (bad settings, schema behind) is not
+   retried, since restarting cannot fix it.
+3. On SIGTERM or SIGINT, pass SIGTERM to every worker (checkpointed jobs hand their messages
+   back at once) and wait for them, up to ``--grace`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger("ops.supervisor")
+
+EXIT_BAD_START = 2
+QUICK_DEATH_S = 10.0
+MAX_RESTART_DELAY_S = 30.0
+
+
+@dataclass
+class Slot:
+    """One worker command and its restart bookkeeping."""
+
+    number: int
+    command: list[str]
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    quick_deaths: int = 0
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, start_new_session=True)
+        self.started_at = time.monotonic()
+        logger.info("Worker %d started (pid %d).", self.number, self.process.pid)
+
+    def restart_delay_s(self) -> float:
+        return min(MAX_RESTART_DELAY_S, 0.5 * 2**self.quick_deaths)
+
+
+class Supervisor:
+    def __init__(self, commands: list[list[str]], *, grace_s: float) -> None:
+        self.slots = [Slot(number, command) for number, command in enumerate(commands)]
+        self.grace_s = grace_s
+        self.stopping = threading.Event()
+
+    def run(self) -> int:
+        for slot in self.slots:
+            slot.start()
+        while not self.stopping.is_set():
+            for slot in self.slots:
+                code = slot.process.poll() if slot.process else None
+                if code is not None and not self.stopping.is_set() and not self._restart(slot, code):
+                    self.stop()
+                    return 1
+            self.stopping.wait(0.2)  # the supervision loop's cadence; a stop request wakes it at once
+        return self._wait_for_workers()
+
+    def stop(self, *_: object) -> None:
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        logger.info("Stopping %d workers.", len(self.slots))
+        for slot in self.slots:
+            if slot.process and slot.process.poll() is None:
+                os.killpg(slot.process.pid, signal.SIGTERM)
+
+    def _restart(self, slot: Slot, code: int) -> bool:
+        if code == EXIT_BAD_START:
+            logger.error("Worker %d could not start (exit code 2: bad settings or schema); not restarting it. "
+                         "Fix the cause and start the workers again.", slot.number)  # fmt: skip
+            return False
+        lived_s = time.monotonic() - slot.started_at
+        slot.quick_deaths = slot.quick_deaths + 1 if lived_s < QUICK_DEATH_S else 0
+        delay_s = slot.restart_delay_s() if slot.quick_deaths else 0.0
+        logger.warning("Worker %d (pid %d) exited with code %s after %.1f s; restarting it in %.1f s.",
+                       slot.number, slot.process.pid, code, lived_s, delay_s)  # fmt: skip
+        if self.stopping.wait(delay_s):
+            return True
+        slot.restarts.append(time.time())
+        slot.start()
+        return True
+
+    def _wait_for_workers(self) -> int:
+        deadline = time.monotonic() + self.grace_s
+        for slot in self.slots:
+            if slot.process is None:
+                continue
+            try:
+                slot.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.error("Worker %d did not stop within %.0f s; killing it.", slot.number, self.grace_s)
+                os.killpg(slot.process.pid, signal.SIGKILL)
+                slot.process.wait()
+        logger.info("All workers stopped.")
+        return 0
+
+
+def worker_command(*, queues: list[str], threads: int, modules: list[str]) -> list[str]:
+    dramatiq = Path(sys.executable).parent / "dramatiq"
+    command = [str(dramatiq), "actors", *modules, "--processes", "1", "--threads", str(threads)]
+    return command + (["--queues", *queues] if queues else [])
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    workers = commands.add_parser("workers", help="run worker processes, restarting any that dies")
+    workers.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    workers.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
+    workers.add_argument("--queues", nargs="*", default=[], help="queues to serve (default: all)")
+    workers.add_argument("--modules", nargs="*", default=[], help="extra actor modules to import")
+    workers.add_argument("--grace", type=float, default=60.0, help="seconds to wait for workers on stop")
+    workers.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.workers < 1 or args.threads < 1:
+        print("error: --workers and --threads must be at least 1", file=sys.stderr)
+        return 2
+    logging.getLogger("ops").setLevel(logging.INFO)
+    command = worker_command(queues=args.queues, threads=args.threads, modules=args.modules)
+    supervisor = Supervisor([command] * args.workers, grace_s=args.grace)
+    signal.signal(signal.SIGTERM, supervisor.stop)
+    signal.signal(signal.SIGINT, supervisor.stop)
+    return supervisor.run()

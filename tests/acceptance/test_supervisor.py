@@ -1,0 +1,59 @@
+"""python -m ops workers: a dead worker process is restarted, and the others keep running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import harness
+from tests.harness import ROOT, process_env, wait_until
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def worker_processes(namespace: str, master: int) -> list[int]:
+    """A master's worker processes, as they registered for heartbeats (its other child is the heartbeat fork)."""
+    registry = harness.redis_client().hgetall(f"{namespace}:__worker_processes__").values()
+    pids = [identity.decode().rsplit(":", 2) for identity in registry]
+    return [int(pid) for _, pid, master_pid in pids if int(master_pid) == master]
+
+
+@pytest.mark.parametrize(("broker_env", "database_url"), [("redis", "sqlite")], indirect=True)
+def test_a_killed_worker_is_restarted_and_its_sibling_is_untouched(
+    broker_env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    env = {**broker_env, "DATABASE_URL": database_url}
+    log = (tmp_path / "supervisor.log").open("wb")
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "ops", "workers", "--workers", "2", "--grace", "20"],
+        env=process_env(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        masters = wait_until(lambda: len(children(supervisor.pid)) == 2 and children(supervisor.pid), timeout_s=30,
+                             what="two dramatiq masters")  # fmt: skip
+        victim_master, sibling = masters
+        namespace = env["REDIS_NAMESPACE"]
+        victim = wait_until(lambda: worker_processes(namespace, victim_master), timeout_s=60, what="a worker")[0]
+        os.kill(victim, signal.SIGKILL)
+        replaced = wait_until(lambda: (now := children(supervisor.pid)) and victim_master not in now and len(now) == 2
+                              and now, timeout_s=60, what="the dead worker to be restarted")  # fmt: skip
+        assert sibling in replaced, "the other worker keeps running"
+        assert supervisor.poll() is None
+    finally:
+        os.kill(supervisor.pid, signal.SIGTERM)
+        code = supervisor.wait(timeout=60)
+        log.close()
+    output = (tmp_path / "supervisor.log").read_text()
+    assert code == 0, output
+    assert "exited with code 1" in output and "restarting it" in output
+    assert children(supervisor.pid) == []
