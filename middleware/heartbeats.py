@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
@@ -74,10 +75,18 @@ class HeartbeatKeeper:
         self.broker = broker
         self.master_pid = master_pid
         self.host = host or socket.gethostname()
+        self._hand_back_from = 0.0
 
     def tick(self) -> None:
-        self.beat()
-        self.hand_back_dead_workers_messages()
+        try:
+            self.beat()
+        except (redis.ConnectionError, redis.TimeoutError):
+            # After an outage every heartbeat is old, the live workers' too. Wait one window after
+            # Redis is back, so every keeper has beaten for its workers before any hands back.
+            self._hand_back_from = time.monotonic() + self.broker.heartbeat_timeout / 1000
+            raise
+        if time.monotonic() >= self._hand_back_from:
+            self.hand_back_dead_workers_messages()
 
     def beat(self) -> int:
         """Refresh the heartbeat of every live worker process of this master; forget dead ones."""

@@ -30,6 +30,7 @@ from dramatiq.middleware import Middleware, Shutdown, TimeLimitExceeded
 from middleware.error_classification import Classification, ErrorKind, classify_error
 from middleware.failure_decision import FailureDecision, current_failure
 from middleware.job_logs import log_event
+from middleware.reliable_enqueue import enqueue_until_accepted
 from middleware.retry_policies import RetryPolicy
 
 logger = logging.getLogger("middleware.retries.Retries")
@@ -74,7 +75,7 @@ class Retries(Middleware):
         actor = broker.get_actor(message.actor_name)
         if is_resumable_interruption(actor, exception):
             log_event("job.interrupted", message, reason=type(exception).__name__)
-            broker.enqueue(message, delay=self.requeue_delay_ms)
+            enqueue_until_accepted(broker, message, delay=self.requeue_delay_ms)
             return
         decision = self._decide(actor, message, exception)
         current_failure.set(decision)
@@ -92,7 +93,7 @@ class Retries(Middleware):
             "job.retry", message, delay_ms=decision.delay_ms, error=f"{type(exception).__name__}: {exception}",
             fatal=False, attempt=decision.attempt,
         )  # fmt: skip
-        broker.enqueue(message, delay=decision.delay_ms)
+        enqueue_until_accepted(broker, message, delay=decision.delay_ms)
 
     def policy_of(self, actor: dramatiq.Actor, message: dramatiq.Message) -> RetryPolicy:
         policy = message.options.get("retry_policy") or actor.options.get("retry_policy")

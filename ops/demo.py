@@ -120,7 +120,7 @@ class Worker:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.kill(self.process.pid, signal.SIGTERM)  # the master only: it passes it on once
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -79,7 +79,7 @@ class Supervisor:
         logger.info("Stopping %d workers.", len(self.slots))
         for slot in self.slots:
             if slot.process and slot.process.poll() is None:
-                os.killpg(slot.process.pid, signal.SIGTERM)
+                os.kill(slot.process.pid, signal.SIGTERM)  # the master only: it passes it on once
 
     def _restart(self, slot: Slot, code: int) -> bool:
         if code == EXIT_BAD_START:

@@ -128,7 +128,7 @@ class WorkerProcess:
 
     def stop(self, *, timeout_s: float = 30) -> int | None:
         if self.process.poll() is None:
-            os.killpg(self.pid, signal.SIGTERM)
+            os.kill(self.pid, signal.SIGTERM)  # the master only: it passes it on once
             try:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

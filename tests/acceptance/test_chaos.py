@@ -1,0 +1,249 @@
+"""Chaos: transcriptions on supervised workers while workers are SIGKILLed, Redis restarts and PostgreSQL vanishes.
+
+The short run is part of ``make test``; the long one is marked ``slow``:
+
+    .venv/bin/python -m pytest -m slow tests/acceptance/test_chaos.py -s
+
+At the end every job must be complete (or dead-lettered exactly once), with no message lost, no
+segment stored twice, and no job run again from zero after its first checkpoint (a segment
+transcribed again after it was stored would hit the unique index: no IntegrityError anywhere).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, func, select
+
+from actors.tables import transcript_segments
+from middleware.dead_letters import dead_letters
+from ops.recordings import make_long_recording
+from tests import harness
+from tests.harness import ROOT, process_env, run_ops, run_python, wait_until
+from tests.tcp_proxy import TcpProxy
+
+SEGMENT_MS = 3_000
+
+
+@dataclass
+class Chaos:
+    """The services under test, and what was done to them."""
+
+    tmp_path: Path
+    redis_port: int = 0
+    redis_process: subprocess.Popen | None = None
+    kills: list[float] = field(default_factory=list)
+    redis_restarts: int = 0
+    database_cuts: int = 0
+
+    def start_redis(self) -> None:
+        if not self.redis_port:
+            self.redis_port = _free_port()
+        # appendfsync always: a SIGKILLed Redis loses no acknowledged write.
+        self.redis_process = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--appendonly", "yes",
+             "--appendfsync", "always", "--save", "", "--dir", str(self.tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.redis_port)
+        wait_until(lambda: _pings(client), timeout_s=30, what="the chaos Redis to answer")
+
+    def restart_redis(self) -> None:
+        self.redis_process.send_signal(signal.SIGKILL)
+        self.redis_process.wait()
+        self.start_redis()
+        self.redis_restarts += 1
+
+    def kill_a_worker(self) -> bool:
+        registry = redis.Redis(port=self.redis_port).hgetall("dramatiq:__worker_processes__").values()
+        pids = [int(identity.decode().rsplit(":", 2)[1]) for identity in registry]
+        live = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        if not live:
+            return False
+        os.kill(random.choice(live), signal.SIGKILL)
+        self.kills.append(time.time())
+        return True
+
+    def stop(self) -> None:
+        if self.redis_process is not None and self.redis_process.poll() is None:
+            self.redis_process.terminate()
+            self.redis_process.wait()
+
+
+@pytest.fixture
+def chaos(tmp_path: Path) -> Iterator[Chaos]:
+    chaos = Chaos(tmp_path)
+    chaos.start_redis()
+    yield chaos
+    chaos.stop()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    name = f"rj_chaos_{uuid.uuid4().hex[:8]}"
+    url = harness.create_postgres_database(name)
+    result = run_ops({"DATABASE_URL": url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    yield url
+    harness.drop_postgres_database(name)
+
+
+def test_short_chaos_run(chaos: Chaos, database: str, tmp_path: Path) -> None:
+    run_chaos(chaos, database, tmp_path, jobs=6, recording_s=15, action_every_s=4.0, deadline_s=300)
+
+
+@pytest.mark.slow
+def test_long_chaos_run(chaos: Chaos, database: str, tmp_path: Path) -> None:
+    run_chaos(chaos, database, tmp_path, jobs=30, recording_s=30, action_every_s=5.0, deadline_s=1800)
+
+
+def run_chaos(chaos: Chaos, database_url: str, tmp_path: Path, *, jobs: int, recording_s: int,
+              action_every_s: float, deadline_s: float) -> None:  # fmt: skip
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    proxied_url = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    env = {"BROKER_URL": f"redis://127.0.0.1:{chaos.redis_port}/0", "DATABASE_URL": proxied_url,
+           "STATE_DIR": str(tmp_path), "TRANSCRIPTION_ENGINE": "pocketsphinx",
+           "TRANSCRIPTION_SEGMENT_MS": str(SEGMENT_MS)}  # fmt: skip
+    recording = make_long_recording(tmp_path / "meeting.wav", seconds=recording_s)
+    meetings = [f"chaos-{n}-{uuid.uuid4().hex[:6]}" for n in range(jobs)]
+    expected = recording_s * 1000 // SEGMENT_MS
+    engine = create_engine(database_url)
+    log_path = tmp_path / "workers.log"
+    log = log_path.open("wb")
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "ops", "workers", "--workers", "2", "--grace", "30"],
+        env=process_env(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        sent = run_python(env, "from actors.transcription import transcribe\n" + "".join(
+            f"transcribe.send({meeting!r}, {str(recording)!r})\n" for meeting in meetings))  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+
+        actions = itertools.cycle(["kill", "redis", "kill", "database"])
+        deadline = time.monotonic() + deadline_s
+        while not _all_done(engine, meetings, expected):
+            assert time.monotonic() < deadline, f"not done within {deadline_s} s; see {log_path}"
+            assert supervisor.poll() is None, "the supervisor died"
+            action = next(actions)
+            if action == "kill":
+                chaos.kill_a_worker()
+            elif action == "redis":
+                chaos.restart_redis()
+            else:
+                proxy.cut()
+                chaos.database_cuts += 1
+                time.sleep(3)  # the outage itself: PostgreSQL stays unreachable for 3 s
+                proxy.restore()
+            time.sleep(action_every_s)  # the pace of the chaos, not a wait for a result
+    finally:
+        os.kill(supervisor.pid, signal.SIGTERM)
+        supervisor.wait(timeout=90)
+        log.close()
+        proxy.close()
+
+    # Anything dead-lettered while PostgreSQL was unreachable is in the broker's DLQ: record it.
+    reconciled = run_ops({**env, "DATABASE_URL": database_url}, "dlq", "reconcile", "--json")
+    assert reconciled.returncode == 0, reconciled.stderr
+    report = _report(engine, meetings, expected, chaos, log_path.read_text(errors="replace"))
+    engine.dispose()
+    print("\n" + report.table())
+    assert report.lost == [] and report.duplicated == 0
+    assert report.integrity_errors == 0, "a stored segment was transcribed and written again"
+    assert chaos.kills and chaos.redis_restarts and chaos.database_cuts, "every kind of chaos happened"
+
+
+@dataclass
+class Report:
+    jobs: int
+    completed: int
+    dead_lettered: int
+    lost: list[str]
+    duplicated: int
+    integrity_errors: int
+    resumes: int
+    kills: int
+    redis_restarts: int
+    database_cuts: int
+    recoveries_s: list[float]
+
+    def table(self) -> str:
+        recoveries = self.recoveries_s
+        rows = [
+            ("jobs", self.jobs), ("completed", self.completed), ("dead-lettered", self.dead_lettered),
+            ("lost", len(self.lost)), ("duplicated segments", self.duplicated),
+            ("segments redone after a checkpoint", self.integrity_errors),
+            ("kills / Redis restarts / PostgreSQL cuts",
+             f"{self.kills} / {self.redis_restarts} / {self.database_cuts}"),
+            ("resumes from a checkpoint", self.resumes),
+            # Until the killed job resumed: the hand-back plus the wait for a free worker.
+            ("recovery after a kill p50 / p95 / max (s)", " / ".join(
+                f"{_percentile(recoveries, q):.1f}" for q in (50, 95, 100)) if recoveries else "-"),
+        ]  # fmt: skip
+        return "\n".join(f"  {name:<42} {value}" for name, value in rows)
+
+
+def _report(engine, meetings: list[str], expected: int, chaos: Chaos, log: str) -> Report:
+    segments = transcript_segments.c
+    with engine.connect() as connection:
+        counts = _per_meeting(connection, func.count())
+        distinct = _per_meeting(connection, func.count(segments.idx.distinct()))
+        dead = {row.message["args"][0] for row in connection.execute(select(dead_letters))
+                if row.actor_name == "transcribe"}  # fmt: skip
+    completed = [meeting for meeting in meetings if distinct.get(meeting) == expected]
+    events = [json.loads(line[line.index("{") :]) for line in log.splitlines() if '{"event":' in line]
+    resumed_at = sorted(datetime.fromisoformat(event["timestamp"]).timestamp() for event in events
+                        if event["event"] == "checkpoint.resumed")  # fmt: skip
+    recoveries = [next(t for t in resumed_at if t > kill) - kill for kill in chaos.kills
+                  if any(t > kill for t in resumed_at)]  # fmt: skip
+    return Report(
+        jobs=len(meetings), completed=len(completed), dead_lettered=len(dead & set(meetings)),
+        lost=[m for m in meetings if m not in completed and m not in dead],
+        duplicated=sum(counts.get(m, 0) - distinct.get(m, 0) for m in meetings),
+        integrity_errors=log.count("IntegrityError"), resumes=len(resumed_at), kills=len(chaos.kills),
+        redis_restarts=chaos.redis_restarts, database_cuts=chaos.database_cuts, recoveries_s=recoveries,
+    )  # fmt: skip
+
+
+def _per_meeting(connection, aggregate) -> dict[str, int]:
+    query = select(transcript_segments.c.meeting_id, aggregate).group_by(transcript_segments.c.meeting_id)
+    return {meeting: value for meeting, value in connection.execute(query)}
+
+
+def _percentile(values: list[float], q: int) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def _all_done(engine, meetings: list[str], expected: int) -> bool:
+    # Rows, not distinct indexes: the unique index on (meeting_id, idx) makes every row distinct.
+    query = select(func.count()).select_from(transcript_segments).where(transcript_segments.c.meeting_id.in_(meetings))
+    with engine.connect() as connection:
+        return connection.scalar(query) == expected * len(meetings)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
