@@ -28,6 +28,15 @@ def publish_garbage(env: dict[str, str]) -> None:
     connection.close()
 
 
+def dead_letter_queue_depth(env: dict[str, str]) -> int:
+    if env["BROKER_URL"].startswith("redis"):
+        return harness.redis_client().hlen(f"{env['REDIS_NAMESPACE']}:chaos.XQ.msgs")
+    connection = pika.BlockingConnection(pika.URLParameters(env["BROKER_URL"]))
+    depth = connection.channel().queue_declare(queue="chaos.XQ", passive=True).method.message_count
+    connection.close()
+    return depth
+
+
 @pytest.mark.parametrize(("broker_env", "database_url"), [("redis", "sqlite"), ("rabbitmq", "sqlite")], indirect=True)
 def test_a_malformed_body_is_dead_lettered_and_recorded_by_reconcile(
     broker_env: dict[str, str], database_url: str, tmp_path: Path
@@ -42,6 +51,8 @@ def test_a_malformed_body_is_dead_lettered_and_recorded_by_reconcile(
         assert sent.returncode == 0, sent.stderr
         wait_until(marker.exists, timeout_s=30, what="the good job sent after the malformed one")
         assert worker.process.poll() is None, "the worker keeps serving"
+        # RabbitMQ's consumer nacks from its I/O loop, a moment later: wait for the dead letter.
+        wait_until(lambda: dead_letter_queue_depth(env) == 1, timeout_s=30, what="the malformed body in chaos.XQ")
     finally:
         worker.stop()
 
