@@ -8,45 +8,47 @@ import threading
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to ``target``; ``cut()`` drops every connection and refuses new ones."""
+    """Forwards 127.0.0.1:<port> to ``target``; ``cut()`` drops every connection and turns new ones away.
+
+    While cut, the listener stays open (a closed port could be taken meanwhile as some other
+    connection's ephemeral port) and hangs up on every new connection at once.
+    """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self._lock = threading.Lock()
         self._connections: list[socket.socket] = []
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self._listener: socket.socket | None = None
-        self.restore()
-
-    def restore(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self._cut = False
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
 
     def cut(self) -> None:
         with self._lock:
-            listener, self._listener = self._listener, None
+            self._cut = True
             connections, self._connections = self._connections, []
-        if listener is not None:
-            listener.close()
         for connection in connections:
             _close(connection)
 
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+
     def close(self) -> None:
         self.cut()
+        self._listener.close()
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept(self) -> None:
         while True:
             try:
-                client, _ = listener.accept()
+                client, _ = self._listener.accept()
             except OSError:
-                return  # the listener was closed by cut()
+                return  # closed by close()
+            if self._cut:
+                _close(client)
+                continue
             try:
                 upstream = socket.create_connection(self.target)
             except OSError:
