@@ -108,6 +108,7 @@ def test_short_chaos_run(chaos: Chaos, database: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1900)
 def test_long_chaos_run(chaos: Chaos, database: str, tmp_path: Path) -> None:
     run_chaos(chaos, database, tmp_path, jobs=30, recording_s=30, action_every_s=5.0, deadline_s=1800)
 
