@@ -110,7 +110,8 @@ def test_short_chaos_run(chaos: Chaos, database: str, tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1900)
 def test_long_chaos_run(chaos: Chaos, database: str, tmp_path: Path) -> None:
-    run_chaos(chaos, database, tmp_path, jobs=30, recording_s=30, action_every_s=5.0, deadline_s=1800)
+    # A disruption every ~10 s: enough to hit most jobs, not so many that two workers never finish.
+    run_chaos(chaos, database, tmp_path, jobs=20, recording_s=30, action_every_s=10.0, deadline_s=1800)
 
 
 def run_chaos(chaos: Chaos, database_url: str, tmp_path: Path, *, jobs: int, recording_s: int,
