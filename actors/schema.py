@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 # Alembic announces its plugins and dialect at INFO on every check: noise in a worker's log.
@@ -14,6 +15,7 @@ from alembic.runtime.migration import MigrationContext  # noqa: E402
 from alembic.script import ScriptDirectory  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
+from middleware.boot_checks import TransientBootProblem  # noqa: E402
 from middleware.database import Database  # noqa: E402
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -41,12 +43,23 @@ def current_revisions(database: Database) -> set[str]:
         return set(MigrationContext.configure(connection).get_current_heads())
 
 
-def schema_problem(database: Database) -> str | None:
-    """None when the database schema is the one this code needs, else what to do about it."""
-    try:
-        current = current_revisions(database)
-    except SQLAlchemyError as error:
-        return f"cannot reach the database ({type(error).__name__}: {error.orig or error})."
+def schema_problem(database: Database, *, wait_s: float = 20.0) -> str | None:
+    """None when the database schema is the one this code needs, else what to do about it.
+
+    A database that stays unreachable for ``wait_s`` raises TransientBootProblem (a deploy or a
+    failover can take it away for a few seconds; that is no reason to give up for good).
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            current = current_revisions(database)
+            break
+        except SQLAlchemyError as error:
+            if time.monotonic() > deadline:
+                raise TransientBootProblem(
+                    f"cannot reach the database ({type(error).__name__}: {getattr(error, 'orig', None) or error})"
+                ) from None
+            time.sleep(1)  # retrying a database that is not answering yet
     required = required_revisions()
     if current == required:
         return None

@@ -2,7 +2,9 @@
 
 Each check returns None when all is well, or a sentence saying what is wrong and how to fix
 it. A failed check ends the worker process with exit code 2 (the ``dramatiq`` CLI's code for a
-bad start) and that sentence, instead of a worker that fails every message it takes.
+bad start) and that sentence, instead of a worker that fails every message it takes. A check
+that cannot run because a service is unreachable raises :class:`TransientBootProblem`: exit
+code 3, which supervisors restart.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from dramatiq.middleware import Middleware
 logger = logging.getLogger("middleware.boot_checks.BootChecks")
 
 EXIT_BAD_START = 2
+#: Dramatiq's own code for "could not connect at boot": a supervisor restarts the worker.
+EXIT_CONNECTION_FAILED = 3
+
+
+class TransientBootProblem(Exception):
+    """A check could not run because a service is unreachable; a restart may succeed."""
 
 
 class BootChecks(Middleware):
@@ -25,7 +33,12 @@ class BootChecks(Middleware):
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         for check in self.checks:
-            problem = check()
+            try:
+                problem = check()
+            except TransientBootProblem as error:
+                logger.critical("Worker cannot start yet: %s", error)
+                print(f"error: worker cannot start yet: {error}", file=sys.stderr, flush=True)
+                raise SystemExit(EXIT_CONNECTION_FAILED) from None
             if problem is not None:
                 logger.critical("Worker cannot start: %s", problem)
                 print(f"error: worker cannot start: {problem}", file=sys.stderr, flush=True)

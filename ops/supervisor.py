@@ -8,8 +8,9 @@ Kubernetes does the same job.
 
 1. Start ``--workers`` commands, each in its own process group.
 2. When one exits unexpectedly, start it again after a short pause that grows (up to 30 s) while
-   it keeps dying within seconds of starting; exit code 2 (bad settings, schema behind) is not
-   retried, since restarting cannot fix it.
+   it keeps dying within seconds of starting (exit code 3, a service unreachable at boot,
+   included); exit code 2 (bad settings, schema behind) is not retried, since restarting cannot
+   fix it.
 3. On SIGTERM or SIGINT, pass SIGTERM to every worker (checkpointed jobs hand their messages
    back at once) and wait for them, up to ``--grace`` seconds.
 """
