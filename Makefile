@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := espeak-ng sox
+# chromium: the dashboard's browser test drives Debian's build (Playwright never downloads one).
+DEBIAN_PACKAGES := espeak-ng sox chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint setup system-packages services clean
