@@ -17,6 +17,9 @@ from sqlalchemy.exc import ArgumentError
 from actors.engines import ENGINE_NAMES
 
 MINUTE_MS = 60_000
+DEFAULT_SENSITIVE_FIELDS = ("email", "token", "password", "secret", "api_key", "authorization")
+#: A bearer token shorter than this is too easy to guess.
+ADMIN_TOKEN_MIN_LENGTH = 16
 
 
 class SettingsError(ValueError):
@@ -48,6 +51,16 @@ class Settings:
     max_deliveries: int = 5
     #: How long a completed job keeps its idempotency key.
     idempotency_ttl_ms: int = 24 * 60 * MINUTE_MS
+    #: Bearer tokens of the admin API: read-write, and read-only (these can read but change nothing).
+    admin_tokens: tuple[str, ...] = ()
+    admin_readonly_tokens: tuple[str, ...] = ()
+    admin_bind: str = "127.0.0.1"
+    admin_port: int = 8080
+    #: Requeues through the admin API: at most this many messages per call, and per token per minute.
+    admin_requeue_max_per_call: int = 100
+    admin_requeue_per_minute: int = 300
+    #: Keys whose values are redacted wherever a job's payload is shown (case-insensitive, substrings).
+    sensitive_fields: tuple[str, ...] = DEFAULT_SENSITIVE_FIELDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -68,7 +81,19 @@ class Settings:
             large_time_limit_ms=env.integer("LARGE_TIME_LIMIT_MS", 180 * MINUTE_MS, minimum=1_000),
             max_deliveries=env.integer("MAX_DELIVERIES", 5, minimum=1),
             idempotency_ttl_ms=env.integer("IDEMPOTENCY_TTL_MS", 24 * 60 * MINUTE_MS, minimum=1_000),
+            admin_tokens=_admin_tokens(env, "ADMIN_TOKENS"),
+            admin_readonly_tokens=_admin_tokens(env, "ADMIN_READONLY_TOKENS"),
+            admin_bind=env.text("ADMIN_BIND", "127.0.0.1"),
+            admin_port=env.integer("ADMIN_PORT", 8080, minimum=1, maximum=65_535),
+            admin_requeue_max_per_call=env.integer("ADMIN_REQUEUE_MAX_PER_CALL", 100, minimum=1, maximum=10_000),
+            admin_requeue_per_minute=env.integer("ADMIN_REQUEUE_PER_MINUTE", 300, minimum=1),
+            sensitive_fields=_sensitive_fields(env),
         )
+        if shared := set(settings.admin_tokens) & set(settings.admin_readonly_tokens):
+            raise SettingsError(
+                f"{len(shared)} token(s) are in both ADMIN_TOKENS and ADMIN_READONLY_TOKENS; a token is either "
+                "read-write or read-only, so remove it from one of them."
+            )
         if settings.large_time_limit_ms < settings.regular_time_limit_ms:
             raise SettingsError(
                 f"LARGE_TIME_LIMIT_MS ({settings.large_time_limit_ms}) is shorter than "
@@ -105,6 +130,31 @@ class _Environment:
         if value not in choices:
             raise SettingsError(f"{name}={value!r} is not one of: {', '.join(sorted(choices))}.")
         return value
+
+
+def _admin_tokens(env: _Environment, name: str) -> tuple[str, ...]:
+    tokens = tuple(token.strip() for token in env.text(name, "").split(",") if token.strip())
+    for position, token in enumerate(tokens, start=1):
+        # Printable ASCII without spaces: a token travels in an HTTP header and is compared as bytes.
+        if len(token) < ADMIN_TOKEN_MIN_LENGTH or not (token.isascii() and token.isprintable()) or " " in token:
+            raise SettingsError(
+                f"{name}: token {position} is not a usable bearer token; use at least "
+                f"{ADMIN_TOKEN_MIN_LENGTH} printable ASCII characters without spaces, "
+                "e.g. from python -c 'import secrets; print(secrets.token_urlsafe())'."
+            )
+    return tokens
+
+
+def _sensitive_fields(env: _Environment) -> tuple[str, ...]:
+    raw = env.environ.get("SENSITIVE_FIELDS")
+    if raw is None:
+        return DEFAULT_SENSITIVE_FIELDS
+    fields = tuple(dict.fromkeys(field.strip().lower() for field in raw.split(",") if field.strip()))
+    if not fields:
+        raise SettingsError(
+            f"SENSITIVE_FIELDS is empty; list the keys to redact (default {','.join(DEFAULT_SENSITIVE_FIELDS)})."
+        )
+    return fields
 
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "amqp://", "amqps://")
