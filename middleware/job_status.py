@@ -193,12 +193,22 @@ def get_job(database: Database, message_id: str) -> dict[str, Any] | None:
 
 def list_jobs(database: Database, *, status: str | None = None, actor: str | None = None,
               queue: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:  # fmt: skip
-    query = select(job_status).order_by(job_status.c.updated_at.desc()).limit(limit).offset(offset)
-    if status is not None:
-        query = query.where(job_status.c.status == status)
-    if actor is not None:
-        query = query.where(job_status.c.actor_name == actor)
-    if queue is not None:
-        query = query.where(job_status.c.queue_name == queue)
+    query = _where(select(job_status), status=status, actor=actor, queue=queue)
+    query = query.order_by(job_status.c.updated_at.desc()).limit(limit).offset(offset)
     with database.engine.connect() as connection:
         return [dict(row._mapping) for row in connection.execute(query)]
+
+
+def count_jobs(database: Database, *, status: str | None = None, actor: str | None = None,
+               queue: str | None = None) -> int:  # fmt: skip
+    query = _where(select(func.count()).select_from(job_status), status=status, actor=actor, queue=queue)
+    with database.engine.connect() as connection:
+        return connection.scalar(query)
+
+
+def _where(query, *, status: str | None, actor: str | None, queue: str | None):
+    for column, value in ((job_status.c.status, status), (job_status.c.actor_name, actor),
+                          (job_status.c.queue_name, queue)):  # fmt: skip
+        if value is not None:
+            query = query.where(column == value)
+    return query
