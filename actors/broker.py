@@ -67,8 +67,9 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
         JobStatus(database=database, max_deliveries=settings.max_deliveries),
         # Fatal errors fail at once; others retry by the actor's policy; interruptions cost nothing.
         Retries(max_retries=5, min_backoff=2_000, max_backoff=300_000),
-        # Gives checkpointed actors their saved position and completes it when they succeed.
-        Checkpoints(database=database),
+        # Gives checkpointed actors their saved position and completes it when they succeed. On
+        # RabbitMQ a long job hands its message back before the consumer_timeout would redeliver it.
+        Checkpoints(database=database, hand_back_after_ms=None if redis else settings.rabbitmq_hand_back_after_ms),
         # Sends long recordings to the large queue with the long time limit, when messages are built.
         DurationRouting(
             large_threshold_ms=settings.large_threshold_ms,

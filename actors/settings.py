@@ -61,6 +61,13 @@ class Settings:
     admin_requeue_per_minute: int = 300
     #: Keys whose values are redacted wherever a job's payload is shown (case-insensitive, substrings).
     sensitive_fields: tuple[str, ...] = DEFAULT_SENSITIVE_FIELDS
+    #: RabbitMQ's ``consumer_timeout`` (its default: 30 min). A checkpointed job hands its message
+    #: back at its first checkpoint after 80 % of it, before RabbitMQ would redeliver it mid-run.
+    rabbitmq_consumer_timeout_ms: int = 30 * MINUTE_MS
+
+    @property
+    def rabbitmq_hand_back_after_ms(self) -> int:
+        return self.rabbitmq_consumer_timeout_ms * 4 // 5
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -88,6 +95,7 @@ class Settings:
             admin_requeue_max_per_call=env.integer("ADMIN_REQUEUE_MAX_PER_CALL", 100, minimum=1, maximum=10_000),
             admin_requeue_per_minute=env.integer("ADMIN_REQUEUE_PER_MINUTE", 300, minimum=1),
             sensitive_fields=_sensitive_fields(env),
+            rabbitmq_consumer_timeout_ms=env.integer("RABBITMQ_CONSUMER_TIMEOUT_MS", 30 * MINUTE_MS, minimum=1_000),
         )
         if shared := set(settings.admin_tokens) & set(settings.admin_readonly_tokens):
             raise SettingsError(

@@ -10,6 +10,11 @@
 4. When the actor returns, the checkpoint is marked completed; a later delivery of the same
    work (a duplicate, or the redelivery of a message whose ack was lost) is skipped.
 
+5. On RabbitMQ, whose ``consumer_timeout`` (30 min by default) closes the channel of a delivery
+   held unacked for longer and redelivers it while the job still runs, a checkpointed job
+   hands its message back at the first checkpoint after ``hand_back_after_ms`` (:class:`HandBack`,
+   an interruption that spends no attempt): the next delivery continues after that checkpoint.
+
 Checkpoints are keyed by message id, or by the actor's ``checkpoint_key(*args, **kwargs)`` when
 the work has a natural identity (a meeting), so that sending the same work twice resumes or
 skips instead of doing it again.
@@ -18,6 +23,7 @@ skips instead of doing it again.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -58,6 +64,11 @@ class CheckpointAlreadyCompleted(SkipMessage):
     """The work this message carries was completed by an earlier delivery; it is skipped."""
 
 
+class HandBack(Exception):
+    """Raised after a checkpoint commits, once the delivery has been held for ``hand_back_after_ms``:
+    the message goes back to its queue at no cost in attempts, and its next delivery resumes here."""
+
+
 def current_checkpoint() -> Checkpoint:
     """The checkpoint of the message this worker thread is processing."""
     checkpoint = _current.get()
@@ -72,8 +83,12 @@ def current_checkpoint() -> Checkpoint:
 class Checkpoint:
     """The saved position of one job; loaded from the database on first use."""
 
-    def __init__(self, *, database: Database, key: str, message: dramatiq.Message) -> None:
+    def __init__(
+        self, *, database: Database, key: str, message: dramatiq.Message, hand_back_at: float | None = None
+    ) -> None:
         self.database = database
+        #: time.monotonic() after which the next saved checkpoint hands the message back.
+        self.hand_back_at = hand_back_at
         self.key = key
         self.message = message
         self.actor_name = message.actor_name
@@ -118,6 +133,9 @@ class Checkpoint:
         self._position = position
         self._loaded = True
         log_event("checkpoint.saved", self.message, position=position)
+        if self.hand_back_at is not None and time.monotonic() >= self.hand_back_at:
+            log_event("checkpoint.handed_back", self.message, position=position)
+            raise HandBack(f"message {self.message_id} was held too long for its broker; handed back at {position!r}")
 
     def load(self) -> None:
         """Read the saved position; raises CheckpointAlreadyCompleted if the work is done."""
@@ -155,6 +173,8 @@ class Checkpoints(Middleware):
     Parameters:
       database: where checkpoints are kept (the same database as the actors' output, so both
         commit in one transaction).
+      hand_back_after_ms: hand the message back at the first checkpoint saved after the delivery
+        has been held this long (RabbitMQ: safely under its ``consumer_timeout``); None: never.
 
     Actor options:
       checkpointed(bool): the actor calls :func:`current_checkpoint`.
@@ -162,8 +182,9 @@ class Checkpoints(Middleware):
         arguments; defaults to the message id.
     """
 
-    def __init__(self, *, database: Database) -> None:
+    def __init__(self, *, database: Database, hand_back_after_ms: int | None = None) -> None:
         self.database = database
+        self.hand_back_after_ms = hand_back_after_ms
 
     @property
     def actor_options(self) -> set[str]:
@@ -175,7 +196,10 @@ class Checkpoints(Middleware):
             return
         key_of: Callable[..., str] | None = actor.options.get("checkpoint_key")
         key = key_of(*message.args, **message.kwargs) if key_of else message.message_id
-        checkpoint = Checkpoint(database=self.database, key=key, message=message)
+        hand_back_at = None
+        if self.hand_back_after_ms is not None:
+            hand_back_at = time.monotonic() + self.hand_back_after_ms / 1000
+        checkpoint = Checkpoint(database=self.database, key=key, message=message, hand_back_at=hand_back_at)
         _current.set(checkpoint)
         try:
             # Loaded here so completed work is skipped before the actor starts.

@@ -1,8 +1,9 @@
 """Retries: per-actor policies; never an attempt spent on an interruption, never a fatal error retried.
 
 1. An interruption hands the message straight back, spending no attempt: ``Shutdown`` (a
-   deploy) for any actor, ``TimeLimitExceeded`` for a checkpointed actor (its next run continues
-   from its checkpoint). It goes back through the delay queue: on Redis, re-enqueueing a message
+   deploy) for any actor, ``TimeLimitExceeded`` and ``HandBack`` (held too long for RabbitMQ's
+   ``consumer_timeout``) for a checkpointed actor (its next run continues from its checkpoint).
+   It goes back through the delay queue: on Redis, re-enqueueing a message
    id into the queue it is being acked from would let that ack delete the new copy.
 2. A fatal error (``middleware.error_classification``; the actor options ``fatal_errors`` and
    ``retryable_errors`` add types; ``throws`` counts as fatal) fails the message at once, whatever
@@ -27,6 +28,7 @@ import dramatiq
 from dramatiq import Retry
 from dramatiq.middleware import Middleware, Shutdown, TimeLimitExceeded
 
+from middleware.checkpoints import HandBack
 from middleware.error_classification import Classification, ErrorKind, classify_error
 from middleware.failure_decision import FailureDecision, current_failure
 from middleware.job_logs import log_event
@@ -140,7 +142,7 @@ def classify_for_actor(actor: dramatiq.Actor, message: dramatiq.Message, excepti
 def is_resumable_interruption(actor: dramatiq.Actor, exception: BaseException) -> bool:
     if isinstance(exception, Shutdown):
         return True
-    return isinstance(exception, TimeLimitExceeded) and bool(actor.options.get("checkpointed"))
+    return isinstance(exception, TimeLimitExceeded | HandBack) and bool(actor.options.get("checkpointed"))
 
 
 def _arguments_fit(actor: dramatiq.Actor, message: dramatiq.Message) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 import dramatiq
 
 import actors  # noqa: F401  (configures the broker before these actors are declared)
+from middleware.checkpoints import current_checkpoint
 
 QUEUE = "chaos"
 
@@ -45,5 +46,20 @@ def long_job(marker_path: str, seconds: float) -> None:
     finish = time.monotonic() + seconds
     while time.monotonic() < finish:
         time.sleep(0.1)  # the job's own work, standing in for a long computation
+    with Path(marker_path).open("a") as marker:
+        marker.write("done\n")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=600_000, checkpointed=True)
+def checkpointed_steps(marker_path: str, steps: int, step_s: float) -> None:
+    """``steps`` steps of ``step_s`` each, a checkpoint after each; records every start and step."""
+    checkpoint = current_checkpoint()
+    first = 0 if checkpoint.position is None else checkpoint.position + 1
+    with Path(marker_path).open("a") as marker:
+        marker.write(f"start {os.getpid()} {first}\n")
+    for step in range(first, steps):
+        time.sleep(step_s)  # the step's own work
+        with checkpoint.saving(step, progress=(step + 1) / steps), Path(marker_path).open("a") as marker:
+            marker.write(f"step {step}\n")
     with Path(marker_path).open("a") as marker:
         marker.write("done\n")
