@@ -1,0 +1,187 @@
+"""The admin API's request and response bodies: they are its OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from middleware.dead_letters import KINDS
+from middleware.job_status import STATUSES
+
+
+def _storable(text: str) -> str:
+    # Both databases refuse NUL characters and lone surrogates; say so instead of failing there.
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return text
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+_NO_NUL = r"^[^\x00]*$"
+#: A name as stored (queue, actor, person): 1..255 characters, no NUL.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NO_NUL), AfterValidator(_storable)]
+MessageId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO_NUL), AfterValidator(_storable)]
+Notes = Annotated[str, StringConstraints(max_length=10_000, pattern=_NO_NUL), AfterValidator(_storable)]
+Utc = Annotated[datetime, AfterValidator(_utc)]
+Kind = Literal[KINDS]  # type: ignore[valid-type]
+Status = Literal[STATUSES]  # type: ignore[valid-type]
+#: Row ids are 64-bit in PostgreSQL.
+RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+#: ``24h``, ``7d``, ``90m`` ago, or an ISO date or time (UTC unless it says otherwise).
+SINCE_PATTERN = r"^(\d{1,6}[smhdw]|\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?)$"
+
+
+class Session(BaseModel):
+    role: Literal["read-write", "read-only"]
+    dev_mode: bool
+    #: The most dead letters one bulk requeue takes.
+    requeue_max_per_call: int
+
+
+class Job(BaseModel):
+    message_id: str
+    actor_name: str
+    queue_name: str
+    status: Status
+    attempts: int
+    unfinished_deliveries: int
+    progress: float | None
+    error: str | None
+    enqueued_at: Utc | None
+    started_at: Utc | None
+    finished_at: Utc | None
+    updated_at: Utc
+
+
+class JobPage(BaseModel):
+    total: int
+    page: int
+    limit: int
+    jobs: list[Job]
+
+
+class DeadLetterSummary(BaseModel):
+    id: int
+    queue_name: str
+    actor_name: str
+    message_id: str
+    error_type: str
+    error_message: str
+    attempts: int
+    kind: str
+    failed_at: Utc
+    resolved: bool
+    resolved_at: Utc | None
+    resolved_by: str | None
+    notes: str | None
+    requeued_as: str | None
+    requeued_at: Utc | None
+
+
+class DeadLetter(DeadLetterSummary):
+    #: The original message (args, kwargs, options), sensitive fields redacted.
+    message: dict[str, Any]
+    traceback: str | None
+
+
+class QueueDeadLetterStats(BaseModel):
+    queue: str
+    total: int
+    resolved: int
+    unresolved: int
+
+
+class DeadLetterPage(BaseModel):
+    total: int
+    page: int
+    limit: int
+    dead_letters: list[DeadLetterSummary]
+    #: Per queue, over every dead letter (not only this page's filter).
+    stats: list[QueueDeadLetterStats]
+
+
+class ResolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: Resolving is the one change a dead letter takes; it can be repeated to amend the notes.
+    resolved: Literal[True] = True
+    by: Name
+    notes: Notes | None = None
+
+
+class Requeued(BaseModel):
+    id: int
+    requeued_as: str
+
+
+class BulkRequeueResult(BaseModel):
+    #: Unresolved dead letters matching the filter.
+    matched: int
+    dry_run: bool
+    requeued: list[Requeued]
+
+
+class CurrentJob(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    message_id: str
+    actor_name: str
+    progress: float | None
+
+
+class WorkerHealth(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    worker_id: str
+    host: str
+    pid: int
+    version: str | None
+    queues: list[str]
+    processed: int
+    failed: int
+    in_progress: int
+    current_job: CurrentJob | None
+    last_job_finished_at: str | None
+    heartbeat_at: str | None
+    heartbeat_age_s: float | None
+    healthy: bool
+    reason: str
+
+
+class QueueHealth(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    queue_name: str
+    waiting: int
+    delayed: int
+    in_progress: int
+    dead: int
+    oldest_waiting_age_s: float | None
+    dead_letters_unresolved: int
+    healthy: bool
+    reason: str
+
+
+class HealthReport(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    healthy: bool
+    reason: str
+    checked_at: str
+    dead_letters_unresolved: int
+    workers: list[WorkerHealth]
+    queues: list[QueueHealth]
+
+
+class QueueList(BaseModel):
+    checked_at: str
+    queues: list[QueueHealth]
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"]
