@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -31,6 +33,7 @@ from middleware.job_logs import JobLogs
 from middleware.job_status import JobStatus
 from middleware.retries import Retries
 from middleware.routing import DurationRouting
+from middleware.worker_health import WorkerHealth
 
 
 def build_middleware(settings: Settings, database: Database, *, redis: bool) -> Sequence[Middleware]:
@@ -41,6 +44,18 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
     heartbeats = [WorkerHeartbeats(fork=heartbeat_fork.run)] if redis else []
     return [
         *heartbeats,
+        # Publishes this worker's stats as a heartbeat row for `ops health`, and answers /healthz.
+        # Listed early so its after-hooks run after Retries' and see whether a failure was final.
+        WorkerHealth(
+            database=database,
+            version=_version(),
+            interval_ms=settings.worker_heartbeat_interval_ms,
+            stale_after_ms=settings.worker_stale_after_ms,
+            forget_after_ms=settings.worker_forget_after_ms,
+            failure_window_ms=settings.health_failure_window_ms,
+            probe_port=settings.worker_health_port,
+            probe_bind=settings.worker_health_bind,
+        ),
         # Refuses to start a worker whose database schema is behind, before it takes a message.
         BootChecks(checks=[lambda: schema_problem(database)]),
         # Drops messages past their max_age before any work is spent on them.
@@ -77,6 +92,13 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
             large_time_limit_ms=settings.large_time_limit_ms,
         ),
     ]
+
+
+def _version() -> str:
+    try:
+        return package_version("resilient-jobs")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
 
 
 def build_broker(settings: Settings, database: Database) -> dramatiq.Broker:

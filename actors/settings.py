@@ -64,6 +64,25 @@ class Settings:
     #: RabbitMQ's ``consumer_timeout`` (its default: 30 min). A checkpointed job hands its message
     #: back at its first checkpoint after 80 % of it, before RabbitMQ would redeliver it mid-run.
     rabbitmq_consumer_timeout_ms: int = 30 * MINUTE_MS
+    #: Worker health (middleware/worker_health.py, ops/health.py): each worker process writes its
+    #: heartbeat row this often; one older than the stale limit is a dead or hung worker; rows of
+    #: workers silent for the forget limit are deleted.
+    worker_heartbeat_interval_ms: int = 5_000
+    worker_stale_after_ms: int = 30_000
+    worker_forget_after_ms: int = 10 * MINUTE_MS
+    #: A worker is unhealthy when more than this fraction of its jobs failed over the window,
+    #: judged once it has finished at least health_failure_min_jobs jobs in it.
+    health_failure_rate: float = 0.05
+    health_failure_window_ms: int = 10 * MINUTE_MS
+    health_failure_min_jobs: int = 20
+    #: ... or when none of its jobs has succeeded for this long while messages wait on its queues
+    #: and more than health_idle_min_errors jobs failed since its last success.
+    health_idle_after_ms: int = 5 * MINUTE_MS
+    health_idle_min_errors: int = 5
+    #: Liveness probe (GET /healthz) of each worker process: 0 is off; process k of a dramatiq
+    #: master listens on port + k.
+    worker_health_port: int = 0
+    worker_health_bind: str = "127.0.0.1"
 
     @property
     def rabbitmq_hand_back_after_ms(self) -> int:
@@ -96,12 +115,23 @@ class Settings:
             admin_requeue_per_minute=env.integer("ADMIN_REQUEUE_PER_MINUTE", 300, minimum=1),
             sensitive_fields=_sensitive_fields(env),
             rabbitmq_consumer_timeout_ms=env.integer("RABBITMQ_CONSUMER_TIMEOUT_MS", 30 * MINUTE_MS, minimum=1_000),
+            worker_heartbeat_interval_ms=env.integer("WORKER_HEARTBEAT_INTERVAL_MS", 5_000, minimum=100),
+            worker_stale_after_ms=env.integer("WORKER_STALE_AFTER_MS", 30_000, minimum=200),
+            worker_forget_after_ms=env.integer("WORKER_FORGET_AFTER_MS", 10 * MINUTE_MS, minimum=1_000),
+            health_failure_rate=env.fraction("HEALTH_FAILURE_RATE", 0.05),
+            health_failure_window_ms=env.integer("HEALTH_FAILURE_WINDOW_MS", 10 * MINUTE_MS, minimum=1_000),
+            health_failure_min_jobs=env.integer("HEALTH_FAILURE_MIN_JOBS", 20, minimum=1),
+            health_idle_after_ms=env.integer("HEALTH_IDLE_AFTER_MS", 5 * MINUTE_MS, minimum=1_000),
+            health_idle_min_errors=env.integer("HEALTH_IDLE_MIN_ERRORS", 5, minimum=0),
+            worker_health_port=env.integer("WORKER_HEALTH_PORT", 0, minimum=0, maximum=65_535),
+            worker_health_bind=env.text("WORKER_HEALTH_BIND", "127.0.0.1") or "127.0.0.1",
         )
         if shared := set(settings.admin_tokens) & set(settings.admin_readonly_tokens):
             raise SettingsError(
                 f"{len(shared)} token(s) are in both ADMIN_TOKENS and ADMIN_READONLY_TOKENS; a token is either "
                 "read-write or read-only, so remove it from one of them."
             )
+        _check_worker_health_windows(settings)
         if settings.large_time_limit_ms < settings.regular_time_limit_ms:
             raise SettingsError(
                 f"LARGE_TIME_LIMIT_MS ({settings.large_time_limit_ms}) is shorter than "
@@ -131,6 +161,20 @@ class _Environment:
         if value < minimum or (maximum is not None and value > maximum):
             bounds = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
             raise SettingsError(f"{name}={value} is out of range; it must be {bounds} (default {default}).")
+        return value
+
+    def fraction(self, name: str, default: float) -> float:
+        raw = self.environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number; set it like {name}={default}.") from None
+        if not 0 <= value <= 1:
+            raise SettingsError(
+                f"{name}={value} is out of range; it is a fraction between 0 and 1 (default {default})."
+            )
         return value
 
     def choice(self, name: str, default: str, choices: set[str]) -> str:
@@ -163,6 +207,20 @@ def _sensitive_fields(env: _Environment) -> tuple[str, ...]:
             f"SENSITIVE_FIELDS is empty; list the keys to redact (default {','.join(DEFAULT_SENSITIVE_FIELDS)})."
         )
     return fields
+
+
+def _check_worker_health_windows(settings: Settings) -> None:
+    if settings.worker_stale_after_ms <= settings.worker_heartbeat_interval_ms:
+        raise SettingsError(
+            f"WORKER_STALE_AFTER_MS ({settings.worker_stale_after_ms}) must be longer than "
+            f"WORKER_HEARTBEAT_INTERVAL_MS ({settings.worker_heartbeat_interval_ms}), or every worker looks dead "
+            "between two heartbeats; make it at least three intervals."
+        )
+    if settings.worker_forget_after_ms < settings.worker_stale_after_ms:
+        raise SettingsError(
+            f"WORKER_FORGET_AFTER_MS ({settings.worker_forget_after_ms}) is shorter than WORKER_STALE_AFTER_MS "
+            f"({settings.worker_stale_after_ms}); a dead worker must be reported stale before it is forgotten."
+        )
 
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "amqp://", "amqps://")

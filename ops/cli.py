@@ -5,6 +5,8 @@ python -m ops db current      print the schema revision and whether it is up to 
 python -m ops dlq ...         dead letters: list, show, resolve, requeue, delete, purge, stats, reconcile
 python -m ops jobs ...        job status: show MESSAGE_ID, list --status failed
 python -m ops workers         run worker processes, restarting any that dies
+python -m ops health          exit 0 when every worker and queue is healthy, else 1 with the reason
+python -m ops queues          per queue: waiting, delayed, in progress, dead, oldest waiting age
 python -m ops serve           the admin API and dashboard (tokens from ADMIN_TOKENS)
 
 Every command that reads takes --json.
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ops import dlq, jobs, serve, supervisor
+from ops import dlq, health, jobs, queues, serve, supervisor
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -52,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     db.add_parser("current", help="show the schema revision").set_defaults(handler=_db_current)
     dlq.add_commands(commands)
     jobs.add_commands(commands)
+    health.add_commands(commands)
+    queues.add_commands(commands)
     supervisor.add_commands(commands)
     serve.add_commands(commands)
     return parser

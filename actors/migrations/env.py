@@ -6,7 +6,8 @@ import actors.tables  # noqa: F401  (registers the actors' tables on the shared 
 import middleware.checkpoints
 import middleware.dead_letters
 import middleware.idempotency
-import middleware.job_status  # noqa: F401
+import middleware.job_status
+import middleware.worker_health  # noqa: F401
 from middleware.database import metadata
 
 database = context.config.attributes["database"]
