@@ -7,6 +7,7 @@ message that names the variable, says what is wrong and how to fix it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,21 @@ class Settings:
     #: master listens on port + k.
     worker_health_port: int = 0
     worker_health_bind: str = "127.0.0.1"
+    #: The scheduler (python -m scheduler): where its entries are declared ("module" or "module:ATTRIBUTE",
+    #: default attribute SCHEDULE); how late a tick may still be enqueued; whether ticks missed in a row
+    #: are enqueued once (coalesce) or each; how often a standby tries to become leader.
+    schedule_module: str = "scheduler.schedule"
+    scheduler_misfire_grace_ms: int = MINUTE_MS
+    scheduler_coalesce: bool = True
+    scheduler_leader_retry_ms: int = 1_000
+    #: Maintenance (actors/maintenance.py): resolved dead letters and finished jobs' status rows older
+    #: than this are deleted; a job processing this long with its message in no queue is stalled.
+    dead_letter_retention_days: int = 30
+    job_status_retention_days: int = 7
+    stalled_job_after_ms: int = 10 * MINUTE_MS
+    #: Alert checks: more failed jobs than the threshold within the window raises an alert.
+    alert_failed_jobs_threshold: int = 10
+    alert_failed_jobs_window_ms: int = 60 * MINUTE_MS
 
     @property
     def rabbitmq_hand_back_after_ms(self) -> int:
@@ -125,6 +141,15 @@ class Settings:
             health_idle_min_errors=env.integer("HEALTH_IDLE_MIN_ERRORS", 5, minimum=0),
             worker_health_port=env.integer("WORKER_HEALTH_PORT", 0, minimum=0, maximum=65_535),
             worker_health_bind=env.text("WORKER_HEALTH_BIND", "127.0.0.1") or "127.0.0.1",
+            schedule_module=_schedule_module(env.text("SCHEDULE_MODULE", "scheduler.schedule")),
+            scheduler_misfire_grace_ms=env.integer("SCHEDULER_MISFIRE_GRACE_MS", MINUTE_MS, minimum=1_000),
+            scheduler_coalesce=env.boolean("SCHEDULER_COALESCE", True),
+            scheduler_leader_retry_ms=env.integer("SCHEDULER_LEADER_RETRY_MS", 1_000, minimum=100, maximum=60_000),
+            dead_letter_retention_days=env.integer("DEAD_LETTER_RETENTION_DAYS", 30, minimum=1),
+            job_status_retention_days=env.integer("JOB_STATUS_RETENTION_DAYS", 7, minimum=1),
+            stalled_job_after_ms=env.integer("STALLED_JOB_AFTER_MS", 10 * MINUTE_MS, minimum=1_000),
+            alert_failed_jobs_threshold=env.integer("ALERT_FAILED_JOBS_THRESHOLD", 10, minimum=0),
+            alert_failed_jobs_window_ms=env.integer("ALERT_FAILED_JOBS_WINDOW_MS", 60 * MINUTE_MS, minimum=1_000),
         )
         if shared := set(settings.admin_tokens) & set(settings.admin_readonly_tokens):
             raise SettingsError(
@@ -177,6 +202,18 @@ class _Environment:
             )
         return value
 
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.environ.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(
+            f"{name}={raw!r} is not a boolean; set it to true or false (default {str(default).lower()})."
+        )
+
     def choice(self, name: str, default: str, choices: set[str]) -> str:
         value = self.text(name, default)
         if value not in choices:
@@ -221,6 +258,18 @@ def _check_worker_health_windows(settings: Settings) -> None:
             f"WORKER_FORGET_AFTER_MS ({settings.worker_forget_after_ms}) is shorter than WORKER_STALE_AFTER_MS "
             f"({settings.worker_stale_after_ms}); a dead worker must be reported stale before it is forgotten."
         )
+
+
+_SCHEDULE_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def _schedule_module(value: str) -> str:
+    if not _SCHEDULE_MODULE.match(value):
+        raise SettingsError(
+            f"SCHEDULE_MODULE={value!r} is not a module path; write it like scheduler.schedule or "
+            "myapp.schedules:NIGHTLY (module, then optionally the name of its list of entries)."
+        )
+    return value
 
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "amqp://", "amqps://")
