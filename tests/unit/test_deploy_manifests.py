@@ -40,6 +40,20 @@ def test_each_queue_has_two_workers_whose_grace_covers_its_time_limit(
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("queue", ["transcription", "transcription-large"])
+def test_each_worker_has_a_liveness_probe_on_its_health_port(settings: Settings, queue: str) -> None:
+    [deployment] = documents(f"workers-{queue}.yaml")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    probe = container["livenessProbe"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert probe["httpGet"]["path"] == "/healthz"
+    assert ports[probe["httpGet"]["port"]] == settings.worker_health_port > 0
+    # One worker process per pod: one port (process k would listen on the port + k).
+    assert container["command"][container["command"].index("--processes") + 1] == "1"
+    assert settings.worker_health_bind == "0.0.0.0", "the kubelet probes the pod's address, not its loopback"
+    assert probe["failureThreshold"] * probe["periodSeconds"] >= 60, "a healthy job may hold the GIL for seconds"
+
+
 def test_the_systemd_unit_waits_longer_than_its_workers_grace(settings: Settings) -> None:
     unit = (DEPLOY / "systemd" / "resilient-workers@.service").read_text()
     grace_s = float(re.search(r"--grace (\d+)", unit).group(1))
