@@ -31,14 +31,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.common import dq_name, q_name, xq_name
-from dramatiq.errors import DecodeError
+from dramatiq.errors import BrokerConnectionError, DecodeError
 from sqlalchemy import exists, func, select
 
 from middleware.database import Database
 from middleware.dead_letters import dead_letters
 from middleware.job_status import QUEUED, job_status
 from middleware.worker_health import DEFAULT_STALE_AFTER_MS, list_worker_heartbeats
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be read (down, unreachable, refusing the credentials)."""
 
 
 @dataclass(frozen=True)
@@ -61,12 +66,25 @@ def queue_stats(
     stale_after_ms: int = DEFAULT_STALE_AFTER_MS,
     now: datetime | None = None,
 ) -> list[QueueStats]:
-    """Stats of every queue the broker declares, any live worker serves, or (Redis) holds messages; by name."""
+    """Stats of every queue the broker declares, any live worker serves, or (Redis) holds messages; by name.
+
+    Raises BrokerUnavailable, with the broker's error, when the broker cannot be read.
+    """
+    import pika.exceptions
+
+    try:
+        return _queue_stats(broker, database, stale_after_ms=stale_after_ms, now=now or datetime.now(UTC))
+    except (redis.RedisError, pika.exceptions.AMQPError, BrokerConnectionError) as error:
+        detail = str(error).strip() or "no detail given; is the broker up at BROKER_URL?"
+        raise BrokerUnavailable(f"cannot read the broker's queues: {type(error).__name__}: {detail}") from error
+
+
+def _queue_stats(broker: dramatiq.Broker, database: Database, *, stale_after_ms: int,
+                 now: datetime) -> list[QueueStats]:  # fmt: skip
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
     from dramatiq.brokers.redis import RedisBroker
     from dramatiq.brokers.stub import StubBroker
 
-    now = now or datetime.now(UTC)
     live = [row for row in list_worker_heartbeats(database)
             if row["heartbeat_at"] >= now - timedelta(milliseconds=stale_after_ms)]  # fmt: skip
     names = set(broker.get_declared_queues()) | {queue for row in live for queue in row["queues"]}

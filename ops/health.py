@@ -58,14 +58,19 @@ def health_report(system: System) -> dict[str, Any]:
      "queues": [{**QueueStats.to_dict(), dead_letters_unresolved, healthy, reason}]}
     """
     from middleware.dead_letter_store import stats as dead_letter_stats
-    from middleware.queue_stats import queue_stats
+    from middleware.queue_stats import BrokerUnavailable, queue_stats
     from middleware.worker_health import list_worker_heartbeats
 
     settings, database, now = system.settings, system.database, datetime.now(UTC)
     workers = list_worker_heartbeats(database)
-    queues = queue_stats(system.broker, database, stale_after_ms=settings.worker_stale_after_ms, now=now)
+    try:
+        queues = queue_stats(system.broker, database, stale_after_ms=settings.worker_stale_after_ms, now=now)
+        broker_problem = None
+    except BrokerUnavailable as error:
+        queues, broker_problem = [], str(error)
     unresolved = {row["queue"]: row["unresolved"] for row in dead_letter_stats(database)}
-    return evaluate(workers, queues, unresolved, rules=HealthRules.from_settings(settings), now=now)
+    return evaluate(workers, queues, unresolved, rules=HealthRules.from_settings(settings), now=now,
+                    broker_problem=broker_problem)  # fmt: skip
 
 
 def evaluate(
@@ -75,8 +80,12 @@ def evaluate(
     *,
     rules: HealthRules,
     now: datetime,
+    broker_problem: str | None = None,
 ) -> dict[str, Any]:
-    """The health report (see :func:`health_report`) from heartbeat rows and queue stats."""
+    """The health report (see :func:`health_report`) from heartbeat rows and queue stats.
+
+    ``broker_problem`` says why the queues could not be read; that alone makes the report unhealthy.
+    """
     waiting = {stats.queue_name: stats.waiting for stats in queues}
     worker_reports = [_worker_report(row, waiting, rules=rules, now=now) for row in workers]
     # A stopping worker takes no new message: it serves no queue any more.
@@ -87,7 +96,8 @@ def evaluate(
          **_judge_queue(stats, serving)}
         for stats in queues
     ]  # fmt: skip
-    problems = [
+    problems = [f"broker: {broker_problem}"] if broker_problem else []
+    problems += [
         f"worker {report['worker_id']}: {report['reason']}" for report in worker_reports if not report["healthy"]
     ]
     problems += [
@@ -169,7 +179,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def _health(args: argparse.Namespace) -> int:
     from actors.system import current_system
+    from ops.queues import quiet_pika
 
+    quiet_pika()
     report = health_report(current_system())
     print_json(report) if args.json else print(report["reason"])
     return EXIT_HEALTHY if report["healthy"] else EXIT_UNHEALTHY

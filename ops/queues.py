@@ -7,6 +7,8 @@ is the queue's unresolved rows in the ``dead_letters`` table.
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from typing import Any
 
 from ops.output import print_json, print_table
@@ -18,6 +20,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     queues = commands.add_parser("queues", help="per queue: waiting, delayed, in progress, dead, oldest age")
     queues.add_argument("--json", action="store_true", help="print JSON")
     queues.set_defaults(handler=_queues)
+
+
+def quiet_pika() -> None:
+    """pika logs a failed connection at ERROR with tracebacks; the command says it in one line instead."""
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 def queue_rows() -> list[dict[str, Any]]:
@@ -32,7 +39,14 @@ def queue_rows() -> list[dict[str, Any]]:
 
 
 def _queues(args: argparse.Namespace) -> int:
-    rows = queue_rows()
+    from middleware.queue_stats import BrokerUnavailable
+
+    quiet_pika()
+    try:
+        rows = queue_rows()
+    except BrokerUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if args.json:
         print_json(rows)
     else:

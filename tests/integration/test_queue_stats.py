@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import dramatiq
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy import insert
+from sqlalchemy import create_engine, insert
 
-from middleware.database import Database
+from middleware.database import Database, metadata
 from middleware.dead_letters import FATAL, insert_dead_letter
 from middleware.job_status import JobStatus, get_job
 from middleware.queue_stats import QueueStats, queue_stats
@@ -21,6 +23,16 @@ from middleware.worker_health import worker_heartbeats
 from tests.harness import REDIS_TEST_URL, run_ops, wait_until
 
 QUEUE = "orders"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """SQLite with the tables these tests read (made in-process: quicker than `ops db upgrade`)."""
+    url = f"sqlite:///{tmp_path / 'stats.sqlite3'}"
+    engine = create_engine(url)
+    metadata.create_all(engine)
+    engine.dispose()
+    return url
 
 
 @pytest.fixture
@@ -71,6 +83,14 @@ def test_waiting_delayed_in_progress_and_dead_messages_per_queue(
     @dramatiq.actor(broker=broker, queue_name=QUEUE)
     def charge(order_id: int) -> None:
         raise AssertionError("no worker runs in this test")
+
+    broker.declare_queue("quiet")  # on RabbitMQ it does not even exist yet
+    assert stats_of(broker, database, "quiet") == QueueStats("quiet", 0, 0, 0, 0, None)
+    if not rabbitmq:  # Redis: a queue this process never declared is found by its keys
+        producer = RedisBroker(url=REDIS_TEST_URL, namespace=broker.namespace, middleware=[])
+        producer.enqueue(dramatiq.Message(queue_name="emails", actor_name="send", args=(), kwargs={}, options={}))
+        producer.close()
+        assert "emails" not in broker.get_declared_queues() and stats_of(broker, database, "emails").waiting == 1
 
     sent = [charge.send(order_id) for order_id in range(4)]
     for order_id in range(2):
@@ -126,14 +146,17 @@ def test_waiting_delayed_in_progress_and_dead_messages_per_queue(
         assert row["dead_letters_unresolved"] == 1 and row["oldest_waiting_age_s"] > 0
 
 
-def test_a_queue_never_used_reads_as_empty_and_redis_finds_undeclared_queues_by_their_keys(
-    broker: dramatiq.Broker, database: Database
+@pytest.mark.parametrize(("scheme", "command", "output"), [("amqp", "health", "stdout"), ("redis", "queues", "stderr")])
+def test_an_unreachable_broker_is_one_line_and_exit_code_1(
+    scheme: str, command: str, output: str, sqlite_url: str
 ) -> None:
-    broker.declare_queue("quiet")  # on RabbitMQ it does not even exist yet
-    assert stats_of(broker, database, "quiet") == QueueStats("quiet", 0, 0, 0, 0, None)
-    if isinstance(broker, RedisBroker):
-        producer = RedisBroker(url=REDIS_TEST_URL, namespace=broker.namespace, middleware=[])
-        producer.enqueue(dramatiq.Message(queue_name="emails", actor_name="send", args=(), kwargs={}, options={}))
-        producer.close()
-        assert "emails" not in broker.get_declared_queues()
-        assert stats_of(broker, database, "emails").waiting == 1
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens on it once closed
+    url = f"redis://127.0.0.1:{port}/0" if scheme == "redis" else f"amqp://guest:guest@127.0.0.1:{port}"
+    result = run_ops({"BROKER_URL": url, "DATABASE_URL": sqlite_url}, command)
+    assert result.returncode == 1
+    prefix = "broker: " if command == "health" else "error: "
+    text = getattr(result, output)
+    assert text.startswith(f"{prefix}cannot read the broker's queues: ") and text.count("\n") == 1, text
+    assert "Traceback" not in result.stderr

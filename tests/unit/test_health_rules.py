@@ -176,3 +176,9 @@ def test_bad_health_settings_are_refused_with_the_reason(environ: dict[str, str]
     with pytest.raises(SettingsError) as error:
         Settings.from_env(environ)
     assert str(error.value).startswith(message)
+
+
+def test_a_broker_that_cannot_be_read_makes_the_report_unhealthy() -> None:
+    result = evaluate([worker()], [], {}, rules=RULES, now=NOW, broker_problem="cannot read the broker's queues: X")
+    assert (result["healthy"], result["reason"]) == (False, "broker: cannot read the broker's queues: X")
+    assert result["workers"][0]["healthy"] is True and result["queues"] == []
