@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # chromium: the dashboard's browser test drives Debian's build (Playwright never downloads one).
-DEBIAN_PACKAGES := espeak-ng sox chromium
+# prometheus: the observability test runs a real Prometheus server, and promtool checks the alert rules.
+DEBIAN_PACKAGES := espeak-ng sox chromium prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint setup system-packages services clean

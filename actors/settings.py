@@ -6,6 +6,7 @@ message that names the variable, says what is wrong and how to fix it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -99,6 +100,17 @@ class Settings:
     #: Alert checks: more failed jobs than the threshold within the window raises an alert.
     alert_failed_jobs_threshold: int = 10
     alert_failed_jobs_window_ms: int = 60 * MINUTE_MS
+    #: Prometheus metrics of a worker deployment (one endpoint per dramatiq master, or per
+    #: python -m ops workers): 0 serves none. metrics_dir is the multiprocess directory its
+    #: processes share; None picks one per instance under STATE_DIR/metrics.
+    metrics_port: int = 0
+    metrics_bind: str = "127.0.0.1"
+    metrics_dir: Path | None = None
+    #: python -m ops exporter: queue depths, dead letters, worker heartbeats, for the whole system.
+    ops_metrics_port: int = 9192
+    #: Sentry: events only for a job's final failure (fatal errors included); None is off.
+    sentry_dsn: str | None = None
+    sentry_environment: str = "production"
 
     @property
     def rabbitmq_hand_back_after_ms(self) -> int:
@@ -150,6 +162,12 @@ class Settings:
             stalled_job_after_ms=env.integer("STALLED_JOB_AFTER_MS", 10 * MINUTE_MS, minimum=1_000),
             alert_failed_jobs_threshold=env.integer("ALERT_FAILED_JOBS_THRESHOLD", 10, minimum=0),
             alert_failed_jobs_window_ms=env.integer("ALERT_FAILED_JOBS_WINDOW_MS", 60 * MINUTE_MS, minimum=1_000),
+            metrics_port=env.integer("METRICS_PORT", 0, minimum=0, maximum=65_535),
+            metrics_bind=_bind_address(env, "METRICS_BIND"),
+            metrics_dir=_optional_path(env.text("METRICS_DIR", "")),
+            ops_metrics_port=env.integer("OPS_METRICS_PORT", 9192, minimum=1, maximum=65_535),
+            sentry_dsn=_sentry_dsn(env.text("SENTRY_DSN", "") or None),
+            sentry_environment=env.text("SENTRY_ENVIRONMENT", "production") or "production",
         )
         if shared := set(settings.admin_tokens) & set(settings.admin_readonly_tokens):
             raise SettingsError(
@@ -269,6 +287,36 @@ def _schedule_module(value: str) -> str:
             f"SCHEDULE_MODULE={value!r} is not a module path; write it like scheduler.schedule or "
             "myapp.schedules:NIGHTLY (module, then optionally the name of its list of entries)."
         )
+    return value
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value).expanduser().resolve() if value else None
+
+
+def _bind_address(env: _Environment, name: str) -> str:
+    value = env.text(name, "127.0.0.1") or "127.0.0.1"
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise SettingsError(
+            f"{name}={value!r} is not an IP address; use 127.0.0.1 (this host only) or 0.0.0.0 (every interface)."
+        ) from None
+    return value
+
+
+def _sentry_dsn(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from sentry_sdk.utils import BadDsn, Dsn
+
+    try:
+        Dsn(value)
+    except BadDsn as error:
+        raise SettingsError(
+            f"SENTRY_DSN is not a Sentry DSN ({error}); copy it from the project's Client Keys, like "
+            "https://PUBLIC_KEY@o0.ingest.sentry.io/PROJECT_ID, or unset it."
+        ) from None
     return value
 
 
