@@ -15,6 +15,12 @@ holds the GIL cannot poll, or beat from any of its threads, and would look dead.
 
 A SIGKILLed worker stops beating at once, so its job runs again about one window later; a live
 worker is never taken for dead, however long its job holds the GIL.
+
+4. The ``dramatiq`` master does not watch its forks: if the heartbeat process dies, nothing
+   restarts it, and its live workers would be taken for dead after one window and their jobs
+   run twice. So each worker process also watches its own heartbeat: when it goes stale, the
+   worker beats for itself (from a thread, so now a long GIL hold could be taken for death) and
+   logs a critical error once, until the worker is restarted.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -51,8 +58,10 @@ class WorkerHeartbeats(Middleware):
         started by the ``dramatiq`` master as a process of its own.
     """
 
-    def __init__(self, *, fork: Callable[[], int]) -> None:
+    def __init__(self, *, fork: Callable[[], int], interval_ms: int = DEFAULT_INTERVAL_MS) -> None:
         self.fork = fork
+        self.interval_ms = interval_ms
+        self._watchdog: KeeperWatchdog | None = None
 
     @property
     def forks(self) -> list[Callable[[], int]]:
@@ -60,12 +69,72 @@ class WorkerHeartbeats(Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if isinstance(broker, RedisBroker):
-            identity = f"{socket.gethostname()}:{os.getpid()}:{os.getppid()}"
-            broker.client.hset(registry_key(broker), broker.broker_id, identity)
+            register(broker)
+            self._watchdog = KeeperWatchdog(broker, interval_ms=self.interval_ms)
+            self._watchdog.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if isinstance(broker, RedisBroker):
+            if self._watchdog is not None:
+                self._watchdog.stop()
             broker.client.hdel(registry_key(broker), broker.broker_id)
+
+
+def register(broker: RedisBroker) -> None:
+    """Make this worker process known to its master's heartbeat process."""
+    identity = f"{socket.gethostname()}:{os.getpid()}:{os.getppid()}"
+    broker.client.hset(registry_key(broker), broker.broker_id, identity)
+
+
+class KeeperWatchdog(threading.Thread):
+    """In a worker process: beats for the worker itself once its heartbeat process stops beating."""
+
+    def __init__(self, broker: RedisBroker, *, interval_ms: int) -> None:
+        super().__init__(name="KeeperWatchdog", daemon=True)
+        self.broker = broker
+        # The keeper beats every interval: a heartbeat this old, seen twice, means it has stopped,
+        # found before the liveness window after which other keepers take this worker for dead.
+        self.stale_after_ms = max(3 * interval_ms // 2, broker.heartbeat_timeout // 2)
+        self.interval_s = broker.heartbeat_timeout / 10_000
+        self.beating_for_itself = False
+        self._stale_checks = 0
+        self._registered_at = time.monotonic()
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            try:
+                self.check()
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue  # Redis is down: nobody can take this worker for dead meanwhile
+
+    def check(self) -> None:
+        client, broker_id = self.broker.client, self.broker.broker_id
+        now_ms = int(time.time() * 1000)
+        last_beat = client.zscore(heartbeats_key(self.broker), broker_id)
+        # Never beaten yet: as old as the registration (the keeper beats new workers within a tick).
+        age_ms = now_ms - last_beat if last_beat is not None else (time.monotonic() - self._registered_at) * 1000
+        if age_ms < self.stale_after_ms:
+            self._stale_checks = 0
+            return
+        if not client.hexists(registry_key(self.broker), broker_id):
+            register(self.broker)  # Redis restarted empty: the keeper beats again once it knows us
+            self._registered_at = time.monotonic()
+            return
+        self._stale_checks += 1
+        if self._stale_checks < 2 and not self.beating_for_itself:
+            return
+        if not self.beating_for_itself:
+            self.beating_for_itself = True
+            logger.critical(
+                "The heartbeat process of master %d stopped beating for worker %d; the worker now beats for "
+                "itself, so a job holding the GIL longer than %d ms could be taken for dead. Restart this worker.",
+                os.getppid(), os.getpid(), self.broker.heartbeat_timeout,
+            )  # fmt: skip
+        client.zadd(heartbeats_key(self.broker), {broker_id: now_ms})
 
 
 class HeartbeatKeeper:

@@ -8,9 +8,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 from dramatiq.brokers.redis import RedisBroker
 
-from middleware.heartbeats import HeartbeatKeeper, heartbeats_key, registry_key
+from middleware.heartbeats import HeartbeatKeeper, KeeperWatchdog, heartbeats_key, register, registry_key
 from tests import harness
 
 
@@ -48,4 +49,42 @@ def test_a_dead_workers_unacked_messages_go_back_to_their_queue(redis_namespace:
     assert client.lrange(f"{ns}:orders", 0, -1) == [b"m-1"]
     assert not client.exists(f"{ns}:__acks__.gone.orders")
     assert client.zscore(heartbeats_key(broker), "gone-idle") is None, "a dead worker holding nothing is forgotten"
+    broker.close()
+
+
+def test_a_worker_whose_heartbeat_process_died_beats_for_itself_and_says_so(
+    redis_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace, heartbeat_timeout=3_000)
+    register(broker)
+    keeper = HeartbeatKeeper(broker, master_pid=os.getppid())
+    watchdog = KeeperWatchdog(broker, interval_ms=1_000)
+
+    keeper.beat()
+    watchdog.check()
+    watchdog.check()
+    assert not watchdog.beating_for_itself, "a keeper that beats is trusted"
+
+    # The keeper dies: its last beat ages past the watchdog's threshold, well inside the window.
+    stale = int(time.time() * 1000) - watchdog.stale_after_ms - 1
+    broker.client.zadd(heartbeats_key(broker), {broker.broker_id: stale})
+    watchdog.check()
+    assert not watchdog.beating_for_itself, "one stale reading is not enough"
+    watchdog.check()
+    assert watchdog.beating_for_itself
+    assert broker.client.zscore(heartbeats_key(broker), broker.broker_id) > stale
+    assert watchdog.stale_after_ms + 2 * watchdog.interval_s * 1000 < broker.heartbeat_timeout
+    assert "stopped beating for worker" in caplog.text
+    broker.close()
+
+
+def test_after_redis_restarts_empty_the_worker_registers_again_instead_of_alarming(redis_namespace: str) -> None:
+    broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace, heartbeat_timeout=3_000)
+    watchdog = KeeperWatchdog(broker, interval_ms=1_000)
+    watchdog._registered_at -= 60  # registered long ago, then Redis lost everything
+    watchdog.check()
+    watchdog.check()
+    assert broker.client.hexists(registry_key(broker), broker.broker_id)
+    assert not watchdog.beating_for_itself
+    assert HeartbeatKeeper(broker, master_pid=os.getppid()).beat() == 1, "the keeper knows it again"
     broker.close()
