@@ -66,7 +66,8 @@ def queue_stats(
     stale_after_ms: int = DEFAULT_STALE_AFTER_MS,
     now: datetime | None = None,
 ) -> list[QueueStats]:
-    """Stats of every queue the broker declares, any live worker serves, or (Redis) holds messages; by name.
+    """Stats of every queue the broker declares, a worker with a heartbeat row serves, or (Redis) holds
+    messages; sorted by name.
 
     Raises BrokerUnavailable, with the broker's error, when the broker cannot be read.
     """
@@ -85,9 +86,10 @@ def _queue_stats(broker: dramatiq.Broker, database: Database, *, stale_after_ms:
     from dramatiq.brokers.redis import RedisBroker
     from dramatiq.brokers.stub import StubBroker
 
-    live = [row for row in list_worker_heartbeats(database)
-            if row["heartbeat_at"] >= now - timedelta(milliseconds=stale_after_ms)]  # fmt: skip
-    names = set(broker.get_declared_queues()) | {queue for row in live for queue in row["queues"]}
+    heartbeats = list_worker_heartbeats(database)
+    live = [row for row in heartbeats if row["heartbeat_at"] >= now - timedelta(milliseconds=stale_after_ms)]
+    # A dead worker's queues too: on RabbitMQ nothing else may name a queue this process never declared.
+    names = set(broker.get_declared_queues()) | {queue for row in heartbeats for queue in row["queues"]}
     if isinstance(broker, RedisBroker):
         return [_redis_queue(broker, name, now) for name in sorted(names | _redis_queues(broker))]
     if isinstance(broker, RabbitmqBroker):

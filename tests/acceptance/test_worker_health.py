@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from middleware.database import Database
+from middleware.worker_health import list_worker_heartbeats
 from tests.harness import WorkerProcess, run_ops, run_python, wait_until
 
 STALE_AFTER_MS = 1_500
@@ -49,44 +51,54 @@ def send(env: dict[str, str], calls: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize(("broker_env", "database_url"), [("redis", "sqlite")], indirect=True)
+@pytest.mark.parametrize(
+    ("broker_env", "database_url"), [("redis", "sqlite"), ("rabbitmq", "postgresql")], indirect=True
+)
 def test_a_workers_heartbeat_shows_its_stats_until_it_is_killed_and_health_names_it(
     env: dict[str, str], worker: WorkerProcess, tmp_path: Path
 ) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{env['WORKER_HEALTH_PORT']}/healthz", timeout=5) as response:
         assert (response.status, json.loads(response.read())["alive"]) == (200, True)
+    database = Database(env["DATABASE_URL"])  # polled here; the commands are run once each state is reached
+
+    def heartbeat(where: Callable[[dict[str, Any]], bool]) -> Callable[[], dict[str, Any] | None]:
+        return lambda: next((row for row in list_worker_heartbeats(database) if where(row)), None)
 
     release = tmp_path / "release"
     send(env, f"succeed.send(); succeed.send(); fail_fatally.send(); half_done_until.send({str(release)!r})")
+    half_done = heartbeat(
+        lambda row: row["processed"] == 3 and [job["progress"] for job in row["current_jobs"]] == [0.5]
+    )
+    wait_until(half_done, timeout_s=30, what="the heartbeat with 3 jobs done and one half done")
 
-    def busy_worker() -> tuple[int, dict[str, Any]] | None:
-        code, report = health(env)
-        [row] = report["workers"] or [{"processed": None}]
-        return (code, row) if row["processed"] == 3 and (row["current_job"] or {}).get("progress") == 0.5 else None
-
-    code, row = wait_until(busy_worker, timeout_s=30, what="the heartbeat with 3 jobs done and one half done")
+    code, report = health(env)
     assert code == 0, "one failure in four jobs is too few to judge a failure rate by"
-    assert (row["failed"], row["in_progress"], row["queues"], row["version"]) == (1, 1, ["health"], "0.1.0")
-    assert row["current_job"]["actor_name"] == "half_done_until" and row["last_job_finished_at"] is not None
-    assert (row["healthy"], row["pid"]) == (True, worker.children()[0])
+    [row] = report["workers"]
+    assert (row["processed"], row["failed"], row["in_progress"], row["queues"], row["version"]) == (
+        3, 1, 1, ["health"], "0.1.0",
+    )  # fmt: skip
+    assert row["current_job"] == {"message_id": row["current_jobs"][0]["message_id"], "actor_name": "half_done_until",
+                                  "progress": 0.5}  # fmt: skip
+    assert (row["healthy"], row["pid"], row["last_job_finished_at"] is not None) == (True, worker.children()[0], True)
 
     release.touch()
-    wait_until(lambda: health(env)[1]["workers"][0]["processed"] == 4, timeout_s=30, what="the fourth job counted")
-    table = run_ops(env, "queues")
-    assert table.returncode == 0 and table.stdout.splitlines()[0].split() == [
+    wait_until(heartbeat(lambda row: row["processed"] == 4 and not row["current_jobs"]), timeout_s=30,
+               what="the fourth job counted")  # fmt: skip
+    table = run_ops(env, "queues").stdout.splitlines()
+    assert table[0].split() == [
         "QUEUE_NAME", "WAITING", "DELAYED", "IN_PROGRESS", "DEAD", "OLDEST_WAITING_AGE_S", "UNRESOLVED",
     ]  # fmt: skip
-    assert table.stdout.splitlines()[1].split() == ["health", "0", "0", "0", "1", "-", "1"]
+    assert [line.split() for line in table if line.startswith("health ")] == [["health", "0", "0", "0", "1", "-", "1"]]
 
     worker.kill_worker_child()
-    send(env, "succeed.send()")  # now nothing serves its queue
-    result = wait_until(
-        lambda: (result := run_ops(env, "health")).returncode == 1 and result,
-        timeout_s=30,
-        what="ops health to report the killed worker",
-    )
-    assert isinstance(result, subprocess.CompletedProcess) and len(result.stdout.splitlines()) == 1
+    send(env, "succeed.send()")  # and nothing serves its queue any more
+    stale = timedelta(milliseconds=STALE_AFTER_MS)
+    wait_until(heartbeat(lambda row: datetime.now(UTC) - row["heartbeat_at"] > stale), timeout_s=30,
+               what="the killed worker's heartbeat to go stale")  # fmt: skip
+    result = run_ops(env, "health")
+    assert result.returncode == 1 and len(result.stdout.splitlines()) == 1, result
     assert result.stdout.startswith(f"worker {row['worker_id']}: no heartbeat for ")
-    assert f"(stale after {STALE_AFTER_MS / 1000:g} s); queue health: 1 message(s) wait and no live worker" in (
-        result.stdout
+    assert result.stdout.endswith(
+        f"(stale after {STALE_AFTER_MS / 1000:g} s); queue health: 1 message(s) wait and no live worker serves it\n"
     )
+    database.dispose()
