@@ -154,6 +154,18 @@ def _rabbitmq_counts(broker: Any, names: list[str]) -> dict[str, tuple[int, int,
     """Ready messages in q, q.DQ and q.XQ by passive declares; a queue that does not exist holds none."""
     import pika.exceptions
 
+    try:
+        return _rabbitmq_ready(broker, names)
+    except (pika.exceptions.AMQPConnectionError, pika.exceptions.ChannelWrongStateError):
+        # The broker's connection (one per thread) may have been closed by the server since it was
+        # last used: an idle blocking connection misses its heartbeats. Once more on a new one.
+        del broker.connection
+        return _rabbitmq_ready(broker, names)
+
+
+def _rabbitmq_ready(broker: Any, names: list[str]) -> dict[str, tuple[int, int, int]]:
+    import pika.exceptions
+
     counts, channel = {}, broker.connection.channel()
     try:
         for name in names:

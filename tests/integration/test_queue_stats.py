@@ -133,6 +133,9 @@ def test_waiting_delayed_in_progress_and_dead_messages_per_queue(
         else:  # the head of the list: sent[2], since it was sent
             enqueued_at = datetime.fromtimestamp(sent[2].message_timestamp / 1000, UTC)
         assert stats.oldest_waiting_age_s == pytest.approx((now - enqueued_at).total_seconds(), abs=0.002)
+        if rabbitmq:  # a connection the server closed meanwhile (an idle one misses its heartbeats) is replaced
+            broker.connection.close()
+            assert stats_of(broker, database, now=now) == stats
     finally:
         consumer.close()
 
