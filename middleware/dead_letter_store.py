@@ -65,8 +65,10 @@ class Filters:
 
 
 def list_dead_letters(database: Database, filters: Filters = Filters(), *, limit: int = 50,
-                      offset: int = 0) -> list[dict[str, Any]]:  # fmt: skip
-    columns = [column for column in dead_letters.c if column.name not in ("message", "traceback")]
+                      offset: int = 0, with_message: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    """Rows newest first, without their traceback, and without their message unless ``with_message``."""
+    left_out = ("traceback",) if with_message else ("message", "traceback")
+    columns = [column for column in dead_letters.c if column.name not in left_out]
     query = filters.apply(select(*columns)).order_by(dead_letters.c.id.desc()).limit(limit).offset(offset)
     with database.engine.connect() as connection:
         return [dict(row._mapping) for row in connection.execute(query)]

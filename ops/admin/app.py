@@ -11,13 +11,12 @@ sends it with each of its requests). The operations are those of ``python -m ops
 import inspect
 import json
 import logging
-from argparse import ArgumentTypeError
 from pathlib import Path
 from typing import Annotated, Any
 
 import dramatiq
 from dramatiq.errors import ActorNotFound
-from fastapi import Body, FastAPI, Query, Request, Response
+from fastapi import Body, Depends, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -27,12 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from actors.system import System
 from middleware import dead_letter_store as store
 from middleware import job_status
-from middleware.redaction import redact, redact_message
+from middleware.redaction import redact, redact_message, scrub, scrub_deep, sensitive_values
 from ops.admin import schemas
 from ops.admin.errors import ApiError, error_responses, install_error_handlers
 from ops.admin.rate_limit import RequeueLimiter
 from ops.admin.security import READ_WRITE, CannotServe, Reader, TokenAuthority, Writer
-from ops.durations import moment
 
 logger = logging.getLogger("ops.admin.app")
 
@@ -42,12 +40,12 @@ DASHBOARD_REFRESH_MS = 3_000
 #: Bulk requeues are paced at this many messages per second within one call.
 REQUEUE_PACE_PER_SECOND = 50.0
 
+#: Every route may answer these (422: a query parameter given twice, or a bad value).
 AUTH_ERRORS = (401, 422, 503)
 WRITE_ERRORS = (401, 403, 422, 503)
 Page = Annotated[int, Query(ge=1, le=100_000, description="page number, from 1")]
 Limit = Annotated[int, Query(ge=1, le=500, description="rows per page")]
 DeadLetterId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
-Since = Annotated[str | None, Query(pattern=schemas.SINCE_PATTERN, description="24h, 7d, or an ISO date or time")]
 
 
 def create_app(system: System, *, dev_mode: bool = False) -> FastAPI:
@@ -66,6 +64,7 @@ def create_app(system: System, *, dev_mode: bool = False) -> FastAPI:
         docs_url=None,  # the interactive docs load their scripts from a CDN; the document is at /openapi.json
         redoc_url=None,
         openapi_url=None,  # served below, behind the token
+        dependencies=[Depends(_single_valued_query)],
     )
     app.state.system = system
     app.state.authority = TokenAuthority(
@@ -89,7 +88,7 @@ def _add_api(app: FastAPI, system: System, *, max_per_call: int) -> None:
         "a minute (else 429 and nothing is requeued). `dry_run` only counts them."
     )
 
-    @app.get("/healthz", tags=["health"], response_model=schemas.Liveness)
+    @app.get("/healthz", tags=["health"], response_model=schemas.Liveness, responses=error_responses(422))
     def liveness() -> dict[str, str]:
         """The server answers (no token needed, no data)."""
         return {"status": "ok"}
@@ -98,19 +97,21 @@ def _add_api(app: FastAPI, system: System, *, max_per_call: int) -> None:
     def openapi_document(caller: Reader) -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    @app.get("/api/session", tags=["session"], response_model=schemas.Session, responses=error_responses(401))
+    @app.get("/api/session", tags=["session"], response_model=schemas.Session, responses=error_responses(*AUTH_ERRORS))
     def session(caller: Reader) -> dict[str, Any]:
         """What the presented token may do."""
         return {"role": caller.role, "dev_mode": app.state.authority.open_access, "requeue_max_per_call": max_per_call}
 
-    @app.get("/api/health", tags=["health"], response_model=schemas.HealthReport, responses=error_responses(401, 503))
+    @app.get(
+        "/api/health", tags=["health"], response_model=schemas.HealthReport, responses=error_responses(*AUTH_ERRORS)
+    )
     def health(caller: Reader) -> dict[str, Any]:
         """Overall health, each worker's and each queue's, with the reason when unhealthy."""
         from ops.health import health_report
 
         return health_report(system)
 
-    @app.get("/api/queues", tags=["health"], response_model=schemas.QueueList, responses=error_responses(401, 503))
+    @app.get("/api/queues", tags=["health"], response_model=schemas.QueueList, responses=error_responses(*AUTH_ERRORS))
     def queues(caller: Reader) -> dict[str, Any]:
         """Each queue: waiting, delayed, in progress, dead, age of the oldest waiting message."""
         from ops.health import health_report
@@ -149,21 +150,22 @@ def _add_api(app: FastAPI, system: System, *, max_per_call: int) -> None:
         actor: Annotated[schemas.Name | None, Query()] = None,
         kind: Annotated[schemas.Kind | None, Query()] = None,
         resolved: Annotated[bool | None, Query()] = None,
-        since: Since = None,
+        since: Annotated[schemas.Since | None, Query()] = None,
         page: Page = 1,
         limit: Limit = 50,
     ) -> dict[str, Any]:
         """Dead letters, newest first (without payload and traceback), and per-queue counts."""
-        filters = store.Filters(queue=queue, actor=actor, kind=kind, resolved=resolved, since=_since(since))
-        rows = store.list_dead_letters(database, filters, limit=limit, offset=(page - 1) * limit)
+        filters = store.Filters(queue=queue, actor=actor, kind=kind, resolved=resolved, since=since)
+        rows = store.list_dead_letters(database, filters, limit=limit, offset=(page - 1) * limit, with_message=True)
         total = store.count_dead_letters(database, filters)
-        return {"total": total, "page": page, "limit": limit, "dead_letters": rows, "stats": store.stats(database)}
+        shown = [_shown(row, broker, sensitive, with_message=False) for row in rows]
+        return {"total": total, "page": page, "limit": limit, "dead_letters": shown, "stats": store.stats(database)}
 
     @app.post("/api/dead-letters/requeue", tags=["dead letters"], response_model=schemas.BulkRequeueResult,
-              responses=error_responses(429, *WRITE_ERRORS), description=bulk_description)  # fmt: skip
+              responses=error_responses(400, 429, *WRITE_ERRORS), description=bulk_description)  # fmt: skip
     def requeue_matching(caller: Writer, request: Annotated[bulk_request, Body()]) -> dict[str, Any]:  # type: ignore[valid-type]
         filters = store.Filters(queue=request.queue, actor=request.actor, kind=request.kind, resolved=False,
-                                since=_since(request.since))  # fmt: skip
+                                since=request.since)  # fmt: skip
         matched = store.count_dead_letters(database, filters)
         if request.dry_run:
             return {"matched": matched, "dry_run": True, "requeued": []}
@@ -182,7 +184,7 @@ def _add_api(app: FastAPI, system: System, *, max_per_call: int) -> None:
         return _shown(_get(database, dead_letter_id), broker, sensitive)
 
     @app.patch("/api/dead-letters/{dead_letter_id}", tags=["dead letters"], response_model=schemas.DeadLetter,
-               responses=error_responses(404, *WRITE_ERRORS))  # fmt: skip
+               responses=error_responses(400, 404, *WRITE_ERRORS))  # fmt: skip
     def resolve(caller: Writer, dead_letter_id: DeadLetterId, change: schemas.ResolveRequest) -> dict[str, Any]:
         """Resolve a dead letter, saying who and why (again to amend the notes)."""
         try:
@@ -223,6 +225,13 @@ def _add_api(app: FastAPI, system: System, *, max_per_call: int) -> None:
         return Response(status_code=204)
 
 
+def _single_valued_query(request: Request) -> None:
+    # FastAPI would silently take the last of ?queue=a&queue=b; every parameter here takes one value.
+    keys = [key for key, _ in request.query_params.multi_items()]
+    if repeated := sorted({key for key in keys if keys.count(key) > 1}):
+        raise ApiError(422, "invalid_request", f"query: {', '.join(repeated)} given more than once; give each once")
+
+
 def _bulk_requeue_request(max_per_call: int) -> type[BaseModel]:
     return create_model(
         "BulkRequeueRequest",
@@ -230,19 +239,10 @@ def _bulk_requeue_request(max_per_call: int) -> type[BaseModel]:
         queue=(schemas.Name | None, None),
         actor=(schemas.Name | None, None),
         kind=(schemas.Kind | None, None),
-        since=(Annotated[str, Field(pattern=schemas.SINCE_PATTERN)] | None, None),
+        since=(schemas.Since | None, None),
         limit=(Annotated[int, Field(ge=1, le=max_per_call)], max_per_call),
         dry_run=(bool, False),
     )
-
-
-def _since(text: str | None):
-    if text is None:
-        return None
-    try:
-        return moment(text)
-    except (ArgumentTypeError, OverflowError) as error:  # OverflowError: a moment before year 1
-        raise ApiError(422, "invalid_request", f"since: {error or f'{text!r} is out of range'}") from None
 
 
 def _get(database, dead_letter_id: int) -> dict[str, Any]:
@@ -252,13 +252,26 @@ def _get(database, dead_letter_id: int) -> dict[str, Any]:
         raise ApiError(404, "not_found", str(error)) from None
 
 
-def _shown(row: dict[str, Any], broker: dramatiq.Broker, sensitive: tuple[str, ...]) -> dict[str, Any]:
-    """The row as the API shows it: the payload's sensitive fields redacted."""
+def _shown(row: dict[str, Any], broker: dramatiq.Broker, sensitive: tuple[str, ...], *,
+           with_message: bool = True) -> dict[str, Any]:  # fmt: skip
+    """The row as the API shows it: the payload's sensitive fields redacted, and their values
+    scrubbed from the error message and traceback, which often repeat an argument."""
     message = row["message"]
     if store.MALFORMED_BODY in message:
-        return {**row, "message": {store.MALFORMED_BODY: _redacted_text(message[store.MALFORMED_BODY], sensitive)}}
-    parameter_names = _parameters(broker, row["actor_name"])
-    return {**row, "message": redact_message(message, sensitive, parameter_names=parameter_names)}
+        shown_message = {store.MALFORMED_BODY: _redacted_text(message[store.MALFORMED_BODY], sensitive)}
+        values: set[str] = set()
+    else:
+        parameter_names = _parameters(broker, row["actor_name"])
+        values = sensitive_values(message, sensitive, parameter_names=parameter_names)
+        shown_message = scrub_deep(redact_message(message, sensitive, parameter_names=parameter_names), values)
+    shown = {**row, "error_message": scrub(row["error_message"], values)}
+    if "traceback" in row:
+        shown["traceback"] = scrub(row["traceback"], values)
+    if with_message:
+        shown["message"] = shown_message
+    else:
+        shown.pop("message")
+    return shown
 
 
 def _redacted_text(text: str, sensitive: tuple[str, ...]) -> str:

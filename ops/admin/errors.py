@@ -70,6 +70,8 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
     code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_")
     message = error.detail if isinstance(error.detail, str) else HTTPStatus(error.status_code).phrase
+    if error.status_code == 400 and "parsing the body" in message:  # FastAPI's words for a body that is not JSON
+        message = "the body is not valid JSON"
     return error_response(error.status_code, code, message, headers=getattr(error, "headers", None))
 
 

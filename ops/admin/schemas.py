@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from middleware.dead_letters import KINDS
 from middleware.job_status import STATUSES
+from ops.durations import moment
 
 
 def _storable(text: str) -> str:
@@ -37,8 +39,35 @@ Kind = Literal[KINDS]  # type: ignore[valid-type]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 #: Row ids are 64-bit in PostgreSQL.
 RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
-#: ``24h``, ``7d``, ``90m`` ago, or an ISO date or time (UTC unless it says otherwise).
-SINCE_PATTERN = r"^(\d{1,6}[smhdw]|\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?)$"
+
+
+def _since(text: str) -> datetime:
+    """A duration ago (``24h``, ``7d``) or an ISO date or time (UTC unless it says otherwise), in UTC."""
+    try:
+        since = moment(text)
+    except ArgumentTypeError as error:
+        raise ValueError(str(error)) from None
+    except OverflowError:  # a duration reaching back before year 1: everything is since then
+        return datetime.min.replace(tzinfo=UTC)
+    try:
+        return since.astimezone(UTC)
+    except OverflowError:  # within hours of year 1 or 9999, with an offset that crosses it
+        return (datetime.min if since.year == 1 else datetime.max).replace(tzinfo=UTC)
+
+
+#: ``24h``, ``7d``, ``90m`` ago, or an ISO date or time; validated into a UTC datetime.
+Since = Annotated[
+    str,
+    AfterValidator(_since),
+    WithJsonSchema({
+        "anyOf": [
+            {"type": "string", "pattern": r"^\d{1,12}[smhdw]$"},
+            {"type": "string", "format": "date"},
+            {"type": "string", "format": "date-time"},
+        ],
+        "description": "failed since: a duration ago (24h, 7d) or an ISO date or time (UTC unless it says)",
+    }),
+]  # fmt: skip
 
 
 class Session(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from middleware.redaction import REDACTED, redact, redact_message
+from middleware.redaction import REDACTED, redact, redact_message, scrub, scrub_deep, sensitive_values
 
 FIELDS = ("email", "token", "password")
 
@@ -51,3 +51,16 @@ def test_a_message_payload_is_redacted_in_args_kwargs_and_options_by_parameter_n
 def test_without_parameter_names_positional_strings_are_kept_and_their_dicts_redacted() -> None:
     redacted = redact_message({"args": ["ops@example.com", {"token": "t"}], "kwargs": {}}, FIELDS)
     assert redacted["args"] == ["ops@example.com", {"token": REDACTED}]
+
+
+def test_free_text_is_scrubbed_of_the_sensitive_values_the_payload_holds() -> None:
+    payload = {"args": ["ada@example.com", 42, {"card_token": "tok_live_9f8e"}], "kwargs": {"note": "hello"}}
+    values = sensitive_values(payload, FIELDS, parameter_names=("email", "account", "card"))
+    assert values == {"ada@example.com", "tok_live_9f8e"}
+    text = "refused 'ada@example.com' for account 42 (token tok_live_9f8e); hello"
+    assert scrub(text, values) == f"refused '{REDACTED}' for account 42 (token {REDACTED}); hello"
+    assert scrub(None, values) is None
+    assert scrub_deep({"options": {"traceback": text}, "n": [1]}, values) == {
+        "options": {"traceback": scrub(text, values)},
+        "n": [1],
+    }
