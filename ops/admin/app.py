@@ -264,6 +264,8 @@ def _shown(row: dict[str, Any], broker: dramatiq.Broker, sensitive: tuple[str, .
         parameter_names = _parameters(broker, row["actor_name"])
         values = sensitive_values(message, sensitive, parameter_names=parameter_names)
         shown_message = scrub_deep(redact_message(message, sensitive, parameter_names=parameter_names), values)
+        if isinstance(shown_message.get("options"), dict):  # the final traceback is the row's own, shown once
+            shown_message["options"] = {k: v for k, v in shown_message["options"].items() if k != "traceback"}
     shown = {**row, "error_message": scrub(row["error_message"], values)}
     if "traceback" in row:
         shown["traceback"] = scrub(row["traceback"], values)
