@@ -5,12 +5,14 @@
    with a token, resolves one dead letter with notes, requeues another (the worker then runs it,
    and this time the server answers 200), and requeues the last through "requeue all matching"
    and its confirmation. The page and the database must both show each change.
-3. The screenshots it takes are the README's (docs/screenshots/).
+3. The screenshots it takes are the README's (docs/screenshots/), rewritten with
+   ``UPDATE_SCREENSHOTS=1 .venv/bin/python -m pytest tests/acceptance/test_dashboard.py``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,7 +31,8 @@ from tests.http_sink import HttpSink
 from tests.integration.test_admin_api import answers, free_port
 
 TOKEN = "dashboard-test-token-0123456789"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+#: Rewritten only on request (UPDATE_SCREENSHOTS=1), so that a test run leaves the checkout as it was.
+README_SCREENSHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
@@ -106,7 +109,14 @@ def fail_three_webhooks(env: dict[str, str], sink: HttpSink) -> None:
     wait_until(lambda: len(rows(env, dead_letters)) == 3, timeout_s=30, what="three dead letters")
 
 
-def screenshot(page: Page, name: str) -> None:
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    directory = README_SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path / "screenshots"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def screenshot(page: Page, directory: Path, name: str) -> None:
     """A full-page screenshot for the README, with this machine's directories left out of the traceback
     (the screenshots are committed; the assertions above ran on the page as served)."""
     page.evaluate(
@@ -114,7 +124,7 @@ def screenshot(page: Page, name: str) -> None:
              for (const prefix of prefixes) node.textContent = node.textContent.replaceAll(prefix, ""); }""",
         [[f"{sys.prefix}/lib/python{sys.version_info.major}.{sys.version_info.minor}/", f"{ROOT}/"], "#dl-traceback"],
     )
-    page.screenshot(path=SCREENSHOTS / name, full_page=True)
+    page.screenshot(path=directory / name, full_page=True)
 
 
 def open_dead_letter(page: Page, dead_letter_id: int) -> None:
@@ -124,11 +134,10 @@ def open_dead_letter(page: Page, dead_letter_id: int) -> None:
 
 
 def test_an_operator_logs_in_resolves_and_requeues_dead_letters_and_sees_each_change(
-    env: dict[str, str], sink: HttpSink, worker: WorkerProcess, server: str, browser: Browser
+    env: dict[str, str], sink: HttpSink, worker: WorkerProcess, server: str, browser: Browser, screenshots: Path
 ) -> None:
     fail_three_webhooks(env, sink)
     first, second, third = sorted(row["id"] for row in rows(env, dead_letters))
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1280, "height": 800})
 
     # Logging in: a wrong token is refused on the page; the right one opens the overview.
@@ -150,7 +159,7 @@ def test_an_operator_logs_in_resolves_and_requeues_dead_letters_and_sees_each_ch
     expect(payload).to_contain_text('"email": "[redacted]"')
     assert not any(secret in page.content() for secret in (*CUSTOMERS, "tok_live_"))
     page.fill("#resolve-notes", "Customer 2 was deleted on purpose; nothing to send.")
-    screenshot(page, "dead-letter.png")
+    screenshot(page, screenshots, "dead-letter.png")
 
     # Resolve with notes: the page says so, and so does the database.
     page.click("#resolve-submit")
@@ -176,7 +185,7 @@ def test_an_operator_logs_in_resolves_and_requeues_dead_letters_and_sees_each_ch
     job_row = page.locator(f"#jobs-table tr[data-message-id='{new_message}']")
     expect(job_row.locator(".status")).to_have_text("completed", timeout=10_000)
     expect(job_row.locator("progress")).to_have_attribute("value", "100")
-    screenshot(page, "jobs.png")
+    screenshot(page, screenshots, "jobs.png")
 
     # Requeue all matching (the one left unresolved), after a confirmation.
     page.click("#nav a[data-view=dead-letters]")
@@ -191,12 +200,12 @@ def test_an_operator_logs_in_resolves_and_requeues_dead_letters_and_sees_each_ch
     page.click("#dead-filter button[type=submit]")
     expect(page.locator("#dead-table tbody tr[data-dead-letter]")).to_have_count(3)
     expect(page.locator(f"#dead-table tr[data-dead-letter='{third}'] .state")).to_have_text("resolved by ada")
-    screenshot(page, "dead-letters.png")
+    screenshot(page, screenshots, "dead-letters.png")
 
     # The overview follows without a reload: no unresolved dead letter is left.
     page.click("#nav a[data-view=overview]")
     expect(page.locator("#figure-dead")).to_have_text("0")
     wait_until(lambda: len(rows(env, job_status, status="completed")) == 2, timeout_s=30, what="both requeues done")
-    screenshot(page, "overview.png")
+    screenshot(page, screenshots, "overview.png")
     summary = httpx.get(f"{server}/api/health", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert summary["dead_letters_unresolved"] == 0, json.dumps(summary)
