@@ -36,6 +36,7 @@ from sqlalchemy import JSON, Column, Connection, DateTime, Float, Integer, Strin
 from sqlalchemy.exc import SQLAlchemyError
 
 from middleware.database import Database, metadata, upsert
+from middleware.dead_letters import message_payload
 from middleware.job_logs import log_event
 from middleware.job_status import job_status
 
@@ -55,6 +56,8 @@ job_checkpoints = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("completed_at", DateTime(timezone=True), nullable=True),
+    #: The message that saved the checkpoint, to enqueue again if the broker loses it (stalled jobs).
+    Column("message", JSON, nullable=True),
 )
 
 _current: ContextVar[Checkpoint | None] = ContextVar("current_checkpoint", default=None)
@@ -96,6 +99,7 @@ class Checkpoint:
         self._loaded = False
         self._position: Any = None
         self.resumed = False
+        self._payload = message_payload(message)
 
     @property
     def position(self) -> Any:
@@ -116,12 +120,12 @@ class Checkpoint:
                 {
                     "key": self.key, "actor_name": self.actor_name, "message_id": self.message_id,
                     "position": position, "progress": progress, "saves": 1, "resumes": 0,
-                    "created_at": now, "updated_at": now,
+                    "created_at": now, "updated_at": now, "message": self._payload,
                 },
                 key=["key"],
                 update={
                     "position": position, "progress": progress, "message_id": self.message_id,
-                    "saves": job_checkpoints.c.saves + 1, "updated_at": now,
+                    "saves": job_checkpoints.c.saves + 1, "updated_at": now, "message": self._payload,
                 },
             )  # fmt: skip
             if progress is not None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import dramatiq
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
-from sqlalchemy import Column, Connection, DateTime, String, Table, select, update
+from sqlalchemy import Column, Connection, DateTime, String, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from middleware.database import Database, metadata
@@ -106,6 +106,22 @@ class Idempotency(Middleware):
             raise DuplicateJob(key, holder.message_id)
         logger.info("Idempotency key %r passes from message %s (%s) to %s.", key, holder.message_id,
                     holder_status or "expired", message.message_id)  # fmt: skip
+
+
+def release_key(database: Database, key: str, message_id: str) -> bool:
+    """Give up a key claimed by a message that never reached the broker, so a later send can claim it."""
+    with database.transaction() as connection:
+        statement = delete(idempotency_keys).where(
+            idempotency_keys.c.key == key, idempotency_keys.c.message_id == message_id
+        )
+        return connection.execute(statement).rowcount == 1
+
+
+def purge_expired_keys(database: Database) -> int:
+    """Delete keys past their expiry: an expired key already lets a new send take it over."""
+    with database.transaction() as connection:
+        statement = delete(idempotency_keys).where(idempotency_keys.c.expires_at < datetime.now(UTC))
+        return connection.execute(statement).rowcount
 
 
 def _aware(moment: datetime) -> datetime:

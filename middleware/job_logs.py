@@ -49,6 +49,11 @@ def log_event(event: str, message: dramatiq.Message, **fields: Any) -> None:
     events_logger.info("%s %s", event, message.message_id, extra={"job_event": record})
 
 
+def emit_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
+    """Emit an event about no single message (the scheduler's, alerts) in the same JSON format."""
+    events_logger.log(level, "%s", event, extra={"job_event": {"event": event, **fields}})
+
+
 def attempt_of(message: dramatiq.Message) -> int:
     """The attempt being run (1 for the first): failed attempts so far, plus this one."""
     return message.options.get("retries", 0) + 1

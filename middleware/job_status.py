@@ -13,7 +13,7 @@ checkpoint, in the checkpoint's transaction.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -31,6 +31,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    delete,
     func,
     select,
     update,
@@ -204,6 +205,14 @@ def count_jobs(database: Database, *, status: str | None = None, actor: str | No
     query = _where(select(func.count()).select_from(job_status), status=status, actor=actor, queue=queue)
     with database.engine.connect() as connection:
         return connection.scalar(query)
+
+
+def purge_finished_jobs(database: Database, *, older_than: timedelta) -> int:
+    """Delete the rows of jobs that completed or failed more than ``older_than`` ago (retention)."""
+    cutoff = _now() - older_than
+    statement = delete(job_status).where(job_status.c.status.in_((COMPLETED, FAILED)), job_status.c.updated_at < cutoff)
+    with database.transaction() as connection:
+        return connection.execute(statement).rowcount
 
 
 def _where(query, *, status: str | None, actor: str | None, queue: str | None):

@@ -7,6 +7,7 @@ import middleware.checkpoints
 import middleware.dead_letters
 import middleware.idempotency
 import middleware.job_status
+import middleware.schedule_state
 import middleware.worker_health  # noqa: F401
 from middleware.database import metadata
 

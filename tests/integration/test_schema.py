@@ -76,6 +76,7 @@ def test_the_migrations_create_exactly_the_tables_the_code_declares(tmp_path: Pa
     from alembic.runtime.migration import MigrationContext
 
     import actors  # noqa: F401  (declares every table on the shared metadata)
+    import middleware.schedule_state  # noqa: F401  (the scheduler's table; the scheduler imports actors)
     from middleware.database import metadata
 
     url = f"sqlite:///{tmp_path / 'migrated.sqlite3'}"

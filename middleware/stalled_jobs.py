@@ -1,0 +1,146 @@
+"""Stalled jobs: a job marked ``processing`` whose message no queue holds any more is handed back.
+
+A dead worker's message normally comes back by itself: on Redis through the heartbeat keeper's
+hand-back (``middleware/heartbeats.py``), on RabbitMQ as soon as the dead connection closes. A
+message can still be lost (Redis restarted without its data, a queue flushed or deleted by hand),
+and then its job stays ``processing`` for ever. The sweep:
+
+1. takes the ``job_status`` rows still ``processing`` and not updated for ``stalled_after`` (a
+   running checkpointed job updates its row with every checkpoint);
+2. leaves alone each one whose message the broker still holds, waiting, delayed, running or
+   dead (Redis: the message hashes of the queue, its delay queue and its dead-letter queue, read
+   in one MULTI/EXEC so that a message moving between them is seen in one or the other);
+3. hands back each remaining job that saved a checkpoint: the message saved with the checkpoint is
+   enqueued again under the same message id, and its next delivery resumes after the checkpoint;
+4. marks the others ``failed`` as lost: with no checkpoint there is no message to run again.
+
+Each change is a compare-and-set on the row's ``updated_at``: a job that moved on meanwhile (it
+finished, or a retry rewrote its row) is left alone. RabbitMQ cannot show the messages a consumer
+holds without taking them, and hands back a dead consumer's messages itself, so there the sweep
+only reports the rows it found.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name, q_name, xq_name
+from sqlalchemy import select, update
+
+from middleware.checkpoints import job_checkpoints
+from middleware.database import Database
+from middleware.job_logs import emit_event
+from middleware.job_status import FAILED, PROCESSING, job_status
+
+logger = logging.getLogger("middleware.stalled_jobs")
+
+#: Options of the lost delivery, not of the job: the broker sets them again on enqueue.
+_DELIVERY_OPTIONS = ("redis_message_id", "eta")
+
+
+@dataclass
+class SweepReport:
+    examined: int = 0
+    handed_back: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    #: Stale rows on a broker whose held messages cannot be listed (RabbitMQ): reported, not touched.
+    unverified: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"examined": self.examined, "handed_back": self.handed_back, "lost": self.lost,
+                "unverified": self.unverified}  # fmt: skip
+
+
+def sweep_stalled_jobs(broker: dramatiq.Broker, database: Database, *, stalled_after: timedelta) -> SweepReport:
+    report = SweepReport()
+    for row in _stale_processing_rows(database, older_than=stalled_after):
+        report.examined += 1
+        if not isinstance(broker, RedisBroker):
+            report.unverified.append(row["message_id"])
+            continue
+        if _broker_holds(broker, row["queue_name"], row["message_id"]):
+            continue
+        payload = _checkpoint_message(database, row["message_id"])
+        if payload is None:
+            if _mark_lost(database, row):
+                report.lost.append(row["message_id"])
+        elif _claim_hand_back(database, row):
+            _enqueue_again(broker, payload)
+            report.handed_back.append(row["message_id"])
+    if report.unverified:
+        logger.info("%d job(s) have been processing for over %s; the broker cannot be asked whether it holds "
+                    "their messages, so they are left to it.", len(report.unverified), stalled_after)  # fmt: skip
+    return report
+
+
+def _stale_processing_rows(database: Database, *, older_than: timedelta) -> list[dict[str, Any]]:
+    query = select(job_status.c.message_id, job_status.c.actor_name, job_status.c.queue_name,
+                   job_status.c.updated_at).where(
+        job_status.c.status == PROCESSING, job_status.c.updated_at < datetime.now(UTC) - older_than
+    )  # fmt: skip
+    with database.engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(query)]
+
+
+def _broker_holds(broker: RedisBroker, queue_name: str, message_id: str) -> bool:
+    """Whether any of the queue's message hashes (ready and unacked, delayed, dead) holds the message."""
+    hashes = [f"{broker.namespace}:{name}.msgs" for name in (q_name(queue_name), dq_name(queue_name),
+                                                              xq_name(queue_name))]  # fmt: skip
+    pipeline = broker.client.pipeline(transaction=True)
+    for key in hashes:
+        pipeline.hvals(key)
+    needle = message_id.encode()
+    # Bodies are Dramatiq's compact JSON; a message id is a UUID, so a substring match is exact enough.
+    return any(needle in body for bodies in pipeline.execute() for body in bodies)
+
+
+def _checkpoint_message(database: Database, message_id: str) -> dict[str, Any] | None:
+    query = select(job_checkpoints.c.message).where(
+        job_checkpoints.c.message_id == message_id, job_checkpoints.c.completed_at.is_(None)
+    )
+    with database.engine.connect() as connection:
+        return connection.scalar(query.limit(1))
+
+
+def _claim_hand_back(database: Database, row: dict[str, Any]) -> bool:
+    # Touching updated_at claims the row: a concurrent sweep, or the job moving on, makes this a no-op,
+    # and the next sweep looks again only after stalled_after.
+    with database.transaction() as connection:
+        claimed = connection.execute(_unchanged(row).values(updated_at=datetime.now(UTC))).rowcount == 1
+    if claimed:
+        reason = "stalled: no queue held its message; it resumes from its checkpoint"
+        emit_event("job.handed_back", level=logging.WARNING, message_id=row["message_id"], actor=row["actor_name"],
+                   queue=row["queue_name"], reason=reason)  # fmt: skip
+    return claimed
+
+
+def _mark_lost(database: Database, row: dict[str, Any]) -> bool:
+    now = datetime.now(UTC)
+    error = "lost: no queue holds its message any more and it saved no checkpoint to resume from"
+    with database.transaction() as connection:
+        marked = connection.execute(
+            _unchanged(row).values(status=FAILED, error=error, finished_at=now, updated_at=now)
+        ).rowcount == 1  # fmt: skip
+    if marked:
+        emit_event("job.lost", level=logging.ERROR, message_id=row["message_id"], actor=row["actor_name"],
+                   queue=row["queue_name"], error=error)  # fmt: skip
+    return marked
+
+
+def _unchanged(row: dict[str, Any]):
+    return update(job_status).where(
+        job_status.c.message_id == row["message_id"],
+        job_status.c.status == PROCESSING,
+        job_status.c.updated_at == row["updated_at"],
+    )
+
+
+def _enqueue_again(broker: dramatiq.Broker, payload: dict[str, Any]) -> None:
+    options = {key: value for key, value in payload.get("options", {}).items() if key not in _DELIVERY_OPTIONS}
+    message = dramatiq.Message(**{**payload, "queue_name": q_name(payload["queue_name"]), "options": options})
+    broker.enqueue(message)
