@@ -11,6 +11,9 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import dramatiq
+import pika.exceptions
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,6 +22,10 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("ops.admin.errors")
+
+#: What Dramatiq's brokers raise when the broker cannot be reached (a requeue, reading queues).
+BROKER_ERRORS = (dramatiq.errors.ConnectionError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                 pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)  # fmt: skip
 
 
 class ErrorBody(BaseModel):
@@ -51,6 +58,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(SQLAlchemyError, _database_error)
+    for broker_error in BROKER_ERRORS:
+        app.add_exception_handler(broker_error, _broker_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 
@@ -81,6 +90,11 @@ async def _database_error(request: Request, error: SQLAlchemyError) -> JSONRespo
     else:
         logger.error("Database error while answering %s %s.", request.method, request.url.path, exc_info=error)
     return error_response(503, "database_unavailable", f"the database could not answer: {type(error).__name__}")
+
+
+async def _broker_error(request: Request, error: Exception) -> JSONResponse:
+    logger.warning("The broker could not be reached while answering %s %s: %s", request.method, request.url.path, error)
+    return error_response(503, "broker_unavailable", f"the broker could not be reached: {type(error).__name__}")
 
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:

@@ -270,6 +270,16 @@ def test_bulk_requeue_previews_caps_each_call_and_is_rate_limited_per_token(
         assert count_dead_letters(system.database, Filters(queue="mail", resolved=False)) == 1
 
 
+def test_a_requeue_while_the_broker_is_down_is_a_503_and_changes_nothing(system: System) -> None:
+    unreachable = RedisBroker(url=f"redis://127.0.0.1:{free_port()}/0", namespace="rjtest-nowhere", middleware=[])
+    cut_off = System(settings=system.settings, database=system.database, broker=unreachable)
+    dead_letter = dead_letter_id(system, "charge")
+    with TestClient(create_app(cut_off), raise_server_exceptions=False) as client:
+        assert_error(client.post(f"/api/dead-letters/{dead_letter}/requeue", headers=WRITE), 503, "broker_unavailable")
+    row = get_dead_letter(system.database, dead_letter)
+    assert (row["requeued_as"], row["resolved"]) == (None, False)
+
+
 def test_delete_removes_the_row(system: System, client: TestClient) -> None:
     dead_letter = dead_letter_id(system, "charge")
     assert client.delete(f"/api/dead-letters/{dead_letter}", headers=WRITE).status_code == 204
