@@ -18,19 +18,23 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from actors import heartbeat_fork
+from actors import heartbeat_fork, metrics_fork
 from actors.embedded_redis import ensure_embedded_redis
+from actors.observability import serves_metrics
 from actors.redis_broker import RedisBroker
 from actors.schema import schema_problem
 from actors.settings import Settings
 from middleware.boot_checks import BootChecks
 from middleware.checkpoints import Checkpoints
 from middleware.database import Database
+from middleware.database_outages import DatabaseOutages
 from middleware.dead_letters import DeadLetters
+from middleware.error_reporting import ErrorReporting
 from middleware.heartbeats import WorkerHeartbeats
 from middleware.idempotency import Idempotency
 from middleware.job_logs import JobLogs
 from middleware.job_status import JobStatus
+from middleware.metrics import Metrics
 from middleware.retries import Retries
 from middleware.routing import DurationRouting
 from middleware.worker_health import WorkerHealth
@@ -42,6 +46,8 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
     # dead, and a dead worker's jobs come back within the liveness window, not by chance.
     # (RabbitMQ hands a dead consumer's messages back as soon as its connection drops.)
     heartbeats = [WorkerHeartbeats(fork=heartbeat_fork.run)] if redis else []
+    # The deployment's metrics endpoint, from a process of the dramatiq master's own (METRICS_PORT).
+    exporter = metrics_fork.run if serves_metrics(settings) else None
     return [
         *heartbeats,
         # Publishes this worker's stats as a heartbeat row for `ops health`, and answers /healthz.
@@ -70,6 +76,11 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
         Pipelines(),
         # Lets actors read the message they are running (its id, options).
         CurrentMessage(),
+        # Prometheus metrics of every delivery; before Retries, so its after-hooks know a retry from a
+        # final failure. With METRICS_PORT the master also starts the deployment's endpoint.
+        Metrics(exporter=exporter, bind=settings.metrics_bind, port=settings.metrics_port),
+        # With SENTRY_DSN: one event per job that failed for good, breadcrumbs for retries.
+        *([ErrorReporting(sensitive_fields=settings.sensitive_fields)] if settings.sentry_dsn else []),
         # JSON job events; its after-hooks run after Retries', so job.failed knows the decision.
         JobLogs(),
         # Records every dead-lettered message in SQL (after_nack still holds the final exception).
@@ -80,8 +91,9 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
         # queued -> processing -> completed | failed, progress; counts deliveries to catch poison.
         # Before Retries, so its after-hook sees whether the failure is final.
         JobStatus(database=database, max_deliveries=settings.max_deliveries),
-        # Fatal errors fail at once; others retry by the actor's policy; interruptions cost nothing.
-        Retries(max_retries=5, min_backoff=2_000, max_backoff=300_000),
+        # Fatal errors fail at once; others retry by the actor's policy; interruptions (a deploy, a
+        # database outage) cost nothing.
+        Retries(max_retries=5, min_backoff=2_000, max_backoff=300_000, database_outages=DatabaseOutages(database)),
         # Gives checkpointed actors their saved position and completes it when they succeed. On
         # RabbitMQ a long job hands its message back before the consumer_timeout would redeliver it.
         Checkpoints(database=database, hand_back_after_ms=None if redis else settings.rabbitmq_hand_back_after_ms),

@@ -4,7 +4,9 @@
    deploy) for any actor, ``TimeLimitExceeded`` and ``HandBack`` (held too long for RabbitMQ's
    ``consumer_timeout``) for a checkpointed actor (its next run continues from its checkpoint).
    It goes back through the delay queue: on Redis, re-enqueueing a message
-   id into the queue it is being acked from would let that ack delete the new copy.
+   id into the queue it is being acked from would let that ack delete the new copy. A failure
+   because the database is down is one too (``middleware.database_outages``): the worker thread
+   then waits for the database before it takes another message.
 2. A fatal error (``middleware.error_classification``; the actor options ``fatal_errors`` and
    ``retryable_errors`` add types; ``throws`` counts as fatal) fails the message at once, whatever
    its retry budget. The worker still logs it as an error with its traceback, so error reporting
@@ -29,6 +31,7 @@ from dramatiq import Retry
 from dramatiq.middleware import Middleware, Shutdown, TimeLimitExceeded
 
 from middleware.checkpoints import HandBack
+from middleware.database_outages import DatabaseOutages
 from middleware.error_classification import Classification, ErrorKind, classify_error
 from middleware.failure_decision import FailureDecision, current_failure
 from middleware.job_logs import log_event
@@ -50,9 +53,11 @@ class Retries(Middleware):
         min_backoff: int = 15_000,
         max_backoff: int = 7 * 86_400_000,
         requeue_delay_ms: int = REQUEUE_DELAY_MS,
+        database_outages: DatabaseOutages | None = None,
     ) -> None:
         self.default_policy = _policy_from_dramatiq_options(max_retries, min_backoff, max_backoff)
         self.requeue_delay_ms = requeue_delay_ms
+        self.database_outages = database_outages
 
     @property
     def actor_options(self) -> set[str]:
@@ -78,6 +83,11 @@ class Retries(Middleware):
         if is_resumable_interruption(actor, exception):
             log_event("job.interrupted", message, reason=type(exception).__name__)
             enqueue_until_accepted(broker, message, delay=self.requeue_delay_ms)
+            return
+        if self.database_outages is not None and self.database_outages.interrupts(message, exception):
+            log_event("job.interrupted", message, reason="DatabaseUnavailable")
+            enqueue_until_accepted(broker, message, delay=self.requeue_delay_ms)
+            self.database_outages.wait_until_reachable()
             return
         decision = self._decide(actor, message, exception)
         current_failure.set(decision)
