@@ -92,6 +92,9 @@ class Settings:
     scheduler_misfire_grace_ms: int = MINUTE_MS
     scheduler_coalesce: bool = True
     scheduler_leader_retry_ms: int = 1_000
+    #: Each scheduler replica serves its metrics (leader or not, ticks, and on the leader the system
+    #: gauges and alerts of its tasks) on METRICS_BIND:SCHEDULER_METRICS_PORT; 0 serves none.
+    scheduler_metrics_port: int = 0
     #: Maintenance (actors/maintenance.py): resolved dead letters and finished jobs' status rows older
     #: than this are deleted; a job processing this long with its message in no queue is stalled.
     dead_letter_retention_days: int = 30
@@ -157,6 +160,7 @@ class Settings:
             scheduler_misfire_grace_ms=env.integer("SCHEDULER_MISFIRE_GRACE_MS", MINUTE_MS, minimum=1_000),
             scheduler_coalesce=env.boolean("SCHEDULER_COALESCE", True),
             scheduler_leader_retry_ms=env.integer("SCHEDULER_LEADER_RETRY_MS", 1_000, minimum=100, maximum=60_000),
+            scheduler_metrics_port=env.integer("SCHEDULER_METRICS_PORT", 0, minimum=0, maximum=65_535),
             dead_letter_retention_days=env.integer("DEAD_LETTER_RETENTION_DAYS", 30, minimum=1),
             job_status_retention_days=env.integer("JOB_STATUS_RETENTION_DAYS", 7, minimum=1),
             stalled_job_after_ms=env.integer("STALLED_JOB_AFTER_MS", 10 * MINUTE_MS, minimum=1_000),
