@@ -6,13 +6,25 @@ actor module configures the process the same way a worker is configured.
 
 import sys
 
-from actors.embedded_redis import EmbeddedRedisError
+from actors.observability import configure_observability
 from actors.settings import Settings, SettingsError
+from middleware.metrics_directory import MetricsDirectoryError
+
+try:
+    _settings = Settings.from_env()
+    # Before the broker's middleware is imported: prometheus_client picks where it keeps the
+    # metrics when it is first imported, and Sentry is set up before any broker is built.
+    configure_observability(_settings)
+except (SettingsError, MetricsDirectoryError) as error:
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+
+from actors.embedded_redis import EmbeddedRedisError
 from actors.system import configure
 from middleware.job_logs import configure_job_logs
 
 try:
-    system = configure(Settings.from_env())
+    system = configure(_settings)
 except (SettingsError, EmbeddedRedisError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
     raise SystemExit(2) from None

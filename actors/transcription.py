@@ -26,6 +26,7 @@ from actors.system import current_system
 from actors.tables import transcript_segments
 from middleware.checkpoints import current_checkpoint
 from middleware.idempotency import DuplicateJob
+from middleware.metrics import count_transcribed_segment
 from middleware.routing import RoutedActor
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def transcribe(
                     meeting_id=meeting_id, idx=idx, start_ms=start_ms, end_ms=end_ms, text=text
                 )
             )
+        count_transcribed_segment((end_ms - start_ms) / 1000)
     if callback_url:
         _notify_once(meeting_id, callback_url)
 

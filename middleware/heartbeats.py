@@ -37,6 +37,8 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
+from middleware.metrics import count_recovery_requeues
+
 logger = logging.getLogger("middleware.heartbeats.WorkerHeartbeats")
 
 DEFAULT_INTERVAL_MS = 1_000
@@ -185,14 +187,15 @@ class HeartbeatKeeper:
         client, broker = self.broker.client, self.broker
         now_ms = int(time.time() * 1000)
         dead = client.zrangebyscore(heartbeats_key(broker), 0, now_ms - broker.heartbeat_timeout)
-        queues = set()
+        queues: dict[str, int] = {}  # queue -> messages the dead workers hold (counted for the metrics)
         for worker_id in dead:
             prefix = f"{broker.namespace}:__acks__.{worker_id.decode()}."
             held = [key.decode()[len(prefix) :] for key in client.scan_iter(match=f"{prefix}*", count=1000)]
             if not held:
                 client.zrem(heartbeats_key(broker), worker_id)  # dead and holding nothing: forget it
-            queues.update(held)
-        for queue_name in sorted(queues):
+            for queue_name in held:
+                queues[queue_name] = queues.get(queue_name, 0) + client.scard(f"{prefix}{queue_name}")
+        for queue_name, messages in sorted(queues.items()):
             # Dramatiq's dispatch script runs maintenance for the queue a command names; "requeue"
             # with no message ids does nothing else.
             broker.scripts["dispatch"](
@@ -200,7 +203,8 @@ class HeartbeatKeeper:
                       broker.dead_message_ttl, 1, broker._max_unpack_size()],
                 keys=[broker.namespace],
             )  # fmt: skip
-            logger.info("Handed back a dead worker's messages on %r.", queue_name)
+            logger.info("Handed back a dead worker's messages on %r (%d).", queue_name, messages)
+            count_recovery_requeues(queue_name, messages)
         return len(queues)
 
 

@@ -21,6 +21,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -36,6 +37,16 @@ events_logger = logging.getLogger(EVENTS_LOGGER)
 
 _started_at: ContextVar[float | None] = ContextVar("job_started_at", default=None)
 
+#: Called with every job event's record (metrics, error reporting): the same vocabulary as the logs.
+EventListener = Callable[[Mapping[str, Any]], None]
+_listeners: list[EventListener] = []
+
+
+def add_event_listener(listener: EventListener) -> None:
+    """Have ``listener`` called with each job event's record, in the thread that emits it (once per listener)."""
+    if listener not in _listeners:
+        _listeners.append(listener)
+
 
 def log_event(event: str, message: dramatiq.Message, **fields: Any) -> None:
     """Emit one job event (a log record whose ``job_event`` extra the JSON formatter writes)."""
@@ -47,6 +58,11 @@ def log_event(event: str, message: dramatiq.Message, **fields: Any) -> None:
         **fields,
     }
     events_logger.info("%s %s", event, message.message_id, extra={"job_event": record})
+    for listener in tuple(_listeners):
+        try:
+            listener(record)
+        except Exception:  # a listener must never break the job that emitted the event
+            logging.getLogger("middleware.job_logs").exception("Job event listener %r failed; going on.", listener)
 
 
 def emit_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:

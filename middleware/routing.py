@@ -62,6 +62,9 @@ class DurationRouting(Middleware):
         if duration_ms is not None:
             options["expected_duration_ms"] = duration_ms
         logger.debug("Routing message %s (expected %s ms) to %r.", message.message_id, duration_ms, queue_name)
+        from middleware.metrics import count_routing  # here: middleware.metrics imports this module
+
+        count_routing(actor.actor_name, queue_name, large=large)
         return message.copy(queue_name=queue_name, options=options)
 
     @staticmethod

@@ -7,6 +7,7 @@ python -m ops jobs ...        job status: show MESSAGE_ID, list --status failed
 python -m ops workers         run worker processes, restarting any that dies
 python -m ops health          exit 0 when every worker and queue is healthy, else 1 with the reason
 python -m ops queues          per queue: waiting, delayed, in progress, dead, oldest waiting age
+python -m ops exporter        system-wide metrics for Prometheus: queues, dead letters, worker heartbeats
 python -m ops serve           the admin API and dashboard (tokens from ADMIN_TOKENS)
 python -m ops schedule        schedule entries: next run, last result, and which scheduler leads
 
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ops import dlq, health, jobs, queues, schedule, serve, supervisor
+from ops import dlq, exporter, health, jobs, queues, schedule, serve, supervisor
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     health.add_commands(commands)
     queues.add_commands(commands)
     supervisor.add_commands(commands)
+    exporter.add_commands(commands)
     serve.add_commands(commands)
     schedule.add_commands(commands)
     return parser

@@ -13,6 +13,9 @@ Kubernetes does the same job.
    fix it.
 3. On SIGTERM or SIGINT, pass SIGTERM to every worker (checkpointed jobs hand their messages
    back at once) and wait for them, up to ``--grace`` seconds.
+4. With ``METRICS_PORT``, the supervisor serves the metrics of all its workers on that one port:
+   they write to a directory of the supervisor's (``METRICS_DIR``) and serve none themselves, so a
+   restarted worker's counters carry on and a dead one's jobs in progress disappear.
 """
 
 from __future__ import annotations
@@ -41,13 +44,14 @@ class Slot:
 
     number: int
     command: list[str]
+    env: dict[str, str] | None = None
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     quick_deaths: int = 0
     restarts: list[float] = field(default_factory=list)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, start_new_session=True)
+        self.process = subprocess.Popen(self.command, env=self.env, start_new_session=True)
         self.started_at = time.monotonic()
         logger.info("Worker %d started (pid %d).", self.number, self.process.pid)
 
@@ -56,8 +60,8 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, commands: list[list[str]], *, grace_s: float) -> None:
-        self.slots = [Slot(number, command) for number, command in enumerate(commands)]
+    def __init__(self, commands: list[list[str]], *, grace_s: float, env: dict[str, str] | None = None) -> None:
+        self.slots = [Slot(number, command, env) for number, command in enumerate(commands)]
         self.grace_s = grace_s
         self.stopping = threading.Event()
 
@@ -135,7 +139,30 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger("ops").setLevel(logging.INFO)
     command = worker_command(queues=args.queues, threads=args.threads, modules=args.modules)
-    supervisor = Supervisor([command] * args.workers, grace_s=args.grace)
+    try:
+        metrics_env = _serve_workers_metrics()
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_START
+    supervisor = Supervisor([command] * args.workers, grace_s=args.grace,
+                            env={**os.environ, **metrics_env} if metrics_env else None)  # fmt: skip
     signal.signal(signal.SIGTERM, supervisor.stop)
     signal.signal(signal.SIGINT, supervisor.stop)
     return supervisor.run()
+
+
+def _serve_workers_metrics() -> dict[str, str]:
+    """With METRICS_PORT, serve the workers' metrics from here; returns the settings the workers get."""
+    from actors.observability import metrics_root
+    from actors.system import current_system  # importing actors reads (and checks) the settings
+
+    settings = current_system().settings
+    if settings.metrics_port == 0:
+        return {}
+    from middleware.metrics_directory import instance_directory
+    from middleware.metrics_server import start_metrics_server
+
+    directory = instance_directory(metrics_root(settings), os.getpid())
+    start_metrics_server(directory, bind=settings.metrics_bind, port=settings.metrics_port)
+    logger.info("Serving the workers' metrics on http://%s:%d/metrics.", settings.metrics_bind, settings.metrics_port)
+    return {"METRICS_DIR": str(directory), "METRICS_PORT": "0"}
