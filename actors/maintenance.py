@@ -11,7 +11,9 @@ harmless, and a failed tick is made up for by the next one (hence few retries).
 | purge_dead_letters | deletes resolved dead letters older than DEAD_LETTER_RETENTION_DAYS |
 | purge_job_status | deletes finished jobs' status older than JOB_STATUS_RETENTION_DAYS, and expired idempotency keys |
 | sweep_stalled_jobs | hands back jobs processing for STALLED_JOB_AFTER_MS whose message no queue holds |
-| check_alerts | jobs waiting with no live worker; failed jobs above ALERT_FAILED_JOBS_THRESHOLD |
+
+(The gauges and alert checks are the scheduler's own tasks, ``scheduler/tasks.py``: they must run
+when no worker does.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import dramatiq
 
 from actors.system import current_system
-from middleware import alerts, dead_letter_store, idempotency, job_status, stalled_jobs
+from middleware import dead_letter_store, idempotency, job_status, stalled_jobs
 from middleware.retry_policies import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -72,15 +74,3 @@ def sweep_stalled_jobs() -> dict[str, Any]:
     system = current_system()
     stalled_after = timedelta(milliseconds=system.settings.stalled_job_after_ms)
     return stalled_jobs.sweep_stalled_jobs(system.broker, system.database, stalled_after=stalled_after).to_dict()
-
-
-@_maintenance_actor
-def check_alerts() -> list[dict[str, Any]]:
-    system = current_system()
-    settings = system.settings
-    rules = alerts.AlertRules(
-        failed_threshold=settings.alert_failed_jobs_threshold,
-        failed_window=timedelta(milliseconds=settings.alert_failed_jobs_window_ms),
-        stale_after_ms=settings.worker_stale_after_ms,
-    )
-    return [alert.to_dict() for alert in alerts.check_alerts(system.broker, system.database, rules=rules)]

@@ -1,4 +1,4 @@
-"""Alert checks: conditions an operator must hear about, run by the ``check_alerts`` maintenance actor.
+"""Alert checks: conditions an operator must hear about (the scheduler's ``check_alerts`` task runs them).
 
 1. ``jobs_waiting_without_worker``: messages wait on a queue and no live worker (a
    ``worker_heartbeats`` row fresher than ``stale_after_ms``, not stopping) consumes it;
@@ -6,7 +6,8 @@
    ``failed_window``.
 
 :func:`evaluate_alerts` is the rules, a pure function of queue stats, heartbeat rows and the failed
-count; :func:`check_alerts` gathers those and emits one ``alert.firing`` event per alert.
+count; :func:`check_alerts` gathers those and emits one ``alert.firing`` event per alert;
+:func:`alert_metric_families` is the ``jobs_alert_firing`` gauge of one check.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dramatiq
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from sqlalchemy import func, select
 
 from middleware.database import Database
@@ -79,7 +82,14 @@ def evaluate_alerts(
     return alerts
 
 
-def check_alerts(broker: dramatiq.Broker, database: Database, *, rules: AlertRules) -> list[Alert]:
+@dataclass(frozen=True)
+class AlertCheck:
+    alerts: list[Alert]
+    #: Every queue looked at, firing or not: each gets a series, 0 when quiet.
+    queue_names: list[str]
+
+
+def check_alerts(broker: dramatiq.Broker, database: Database, *, rules: AlertRules) -> AlertCheck:
     now = datetime.now(UTC)
     queues = queue_stats(broker, database, stale_after_ms=rules.stale_after_ms, now=now)
     alerts = evaluate_alerts(
@@ -88,7 +98,21 @@ def check_alerts(broker: dramatiq.Broker, database: Database, *, rules: AlertRul
     )  # fmt: skip
     for alert in alerts:
         emit_event("alert.firing", level=logging.WARNING, **alert.to_dict())
-    return alerts
+    return AlertCheck(alerts, [stats.queue_name for stats in queues])
+
+
+def alert_metric_families(check: AlertCheck) -> list[Metric]:
+    """``jobs_alert_firing{alert, queue_name}``: 1 while an alert fires, else 0 (system-wide alerts have
+    queue_name ""), so a Prometheus rule can alert on ``jobs_alert_firing == 1``."""
+    firing = GaugeMetricFamily("jobs_alert_firing", "1 while the alert fires, from the scheduler's last check.",
+                               labels=["alert", "queue_name"])  # fmt: skip
+    fired = {(alert.name, alert.queue or "") for alert in check.alerts}
+    for queue_name in sorted(set(check.queue_names)):
+        firing.add_metric(
+            [JOBS_WAITING_WITHOUT_WORKER, queue_name], int((JOBS_WAITING_WITHOUT_WORKER, queue_name) in fired)
+        )
+    firing.add_metric([FAILED_JOBS_ABOVE_THRESHOLD, ""], int((FAILED_JOBS_ABOVE_THRESHOLD, "") in fired))
+    return [firing]
 
 
 def failed_since(database: Database, since: datetime) -> int:

@@ -18,9 +18,10 @@ from middleware.database import Database, metadata
 from middleware.job_status import job_status
 
 #: What happened to a tick: its message was enqueued; another fire had already enqueued it (its
-#: idempotency key was taken); it was too late (past the misfire grace time); enqueueing failed.
-ENQUEUED, DUPLICATE, MISSED, ERROR = "enqueued", "duplicate", "missed", "error"
-OUTCOMES = (ENQUEUED, DUPLICATE, MISSED, ERROR)
+#: idempotency key was taken); its task ran in the scheduler; it was too late (past the misfire
+#: grace time); enqueueing or the task failed.
+ENQUEUED, DUPLICATE, RAN, MISSED, ERROR = "enqueued", "duplicate", "ran", "missed", "error"
+OUTCOMES = (ENQUEUED, DUPLICATE, RAN, MISSED, ERROR)
 
 schedule_state = Table(
     "schedule_state",
@@ -31,6 +32,7 @@ schedule_state = Table(
     Column("last_outcome", String(16), nullable=False),
     #: The message of the last tick (for a duplicate: the message that already held the tick).
     Column("last_message_id", String(64), nullable=True),
+    #: The error of a failed tick, how late a missed one was, or what a task reported.
     Column("last_error", Text, nullable=True),
     #: host:pid of the scheduler that handled the last tick.
     Column("fired_by", String(255), nullable=False),

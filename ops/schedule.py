@@ -12,7 +12,7 @@ from typing import Any
 
 from ops.output import print_json, print_table
 
-COLUMNS = ("entry", "when", "actor", "next_run", "last_tick", "last_result")
+COLUMNS = ("entry", "when", "runs", "next_run", "last_tick", "last_result")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def schedule_report(*, now: datetime | None = None) -> dict[str, Any]:
-    """{"leader": "host:pid" | None, "module": SCHEDULE_MODULE, "entries": [{entry, when, actor, args, kwargs,
+    """{"leader": "host:pid" | None, "module": SCHEDULE_MODULE, "entries": [{entry, when, runs, args, kwargs,
     next_run, last_tick, last_result, last_outcome, last_fired_at, fired_by, last_message_id, last_job_status,
     last_job_error, last_error}]}"""
     from actors.system import current_system
@@ -39,7 +39,7 @@ def schedule_report(*, now: datetime | None = None) -> dict[str, Any]:
     for entry in entries:
         state = states.get(entry.name, {})
         rows.append({
-            "entry": entry.name, "when": entry.when, "actor": entry.actor, "args": list(entry.args),
+            "entry": entry.name, "when": entry.when, "runs": entry.runs, "args": list(entry.args),
             "kwargs": dict(entry.kwargs), "next_run": entry.trigger().get_next_fire_time(None, now),
             "last_tick": state.get("last_scheduled_for"), "last_result": _last_result(state),
             **{name: state.get(name) for name in ("last_outcome", "last_fired_at", "fired_by", "last_message_id",
@@ -50,11 +50,12 @@ def schedule_report(*, now: datetime | None = None) -> dict[str, Any]:
 
 
 def _last_result(state: dict[str, Any]) -> str | None:
-    """``enqueued, completed``; ``duplicate, processing``; ``missed``; ``error: ...`` (None: never ticked)."""
+    """``enqueued, completed``; ``duplicate, processing``; ``ran: 0 alert(s) firing``; ``missed: ...``;
+    ``error: ...`` (None: never ticked)."""
     if not state:
         return None
     if state["last_outcome"] not in ("enqueued", "duplicate"):
-        return state["last_outcome"] + (f": {state['last_error']}" if state["last_outcome"] == "error" else "")
+        return state["last_outcome"] + (f": {state['last_error']}" if state["last_error"] else "")
     status = state["last_job_status"] or "status purged"
     error = f": {state['last_job_error']}" if state["last_job_status"] == "failed" else ""
     return f"{state['last_outcome']}, {status}{error}"

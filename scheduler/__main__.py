@@ -18,14 +18,18 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it announces every job added at INFO
 
+    from prometheus_client import CollectorRegistry
+
     import actors  # noqa: F401  (settings, broker and the actors; exits 2 on a bad setting)
     from actors.schema import schema_problem
     from actors.system import current_system
     from middleware.boot_checks import TransientBootProblem
+    from middleware.metrics_server import MetricsServer
     from scheduler.entries import ScheduleError, load_schedule, validate
     from scheduler.leader import leader_lock, this_process
     from scheduler.replica import run_replica
     from scheduler.runner import TickRunner
+    from scheduler.tasks import SchedulerMetrics
 
     system = current_system()
     settings = system.settings
@@ -50,12 +54,24 @@ def main() -> int:
         # stop.wait() holding the Event's non-reentrant lock.
         signal.signal(signum, lambda *_: threading.Thread(target=stop.set).start())
     identity = this_process()
-    runner = TickRunner(
-        entries, broker=system.broker, database=system.database, identity=identity,
-        misfire_grace_ms=settings.scheduler_misfire_grace_ms, coalesce=settings.scheduler_coalesce,
-    )  # fmt: skip
+    metrics = SchedulerMetrics()
+    server = None
+    if settings.scheduler_metrics_port:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(metrics)
+        try:
+            server = MetricsServer(registry, bind=settings.metrics_bind, port=settings.scheduler_metrics_port)
+        except OSError as error:
+            print(f"error: scheduler metrics: {str(error).replace('METRICS_PORT', 'SCHEDULER_METRICS_PORT')}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            return EXIT_BAD_START
+    runner = TickRunner(entries, system=system, identity=identity, metrics=metrics)
     lock = leader_lock(system.database, state_dir=settings.state_dir, identity=identity)
-    run_replica(lock, runner, retry_ms=settings.scheduler_leader_retry_ms, stop=stop)
+    try:
+        run_replica(lock, runner, retry_ms=settings.scheduler_leader_retry_ms, stop=stop)
+    finally:
+        if server is not None:
+            server.shutdown()
     return EXIT_OK
 
 

@@ -2,6 +2,10 @@
 
     Entry("dead-letter-reconcile", every="1m", actor="reconcile_dead_letters")
     Entry("nightly-report", cron="0 3 * * *", tz="Europe/Paris", actor="send_report", args=("daily",))
+    Entry("alert-checks", every="1m", task="check_alerts")
+
+An ``actor`` entry enqueues that actor's message at each tick; a ``task`` entry runs one of the
+scheduler's own tasks (``scheduler/tasks.py``) in the leader.
 
 ``cron`` is a standard five-field crontab expression (minute hour day month weekday, weekday 0 or 7
 is Sunday), evaluated in ``tz`` (default UTC). ``every`` is ``<n>s``, ``<n>m``, ``<n>h`` or ``<n>d``;
@@ -16,7 +20,7 @@ import importlib
 import inspect
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,7 +50,9 @@ class ScheduleError(ValueError):
 class Entry:
     name: str
     _: KW_ONLY
-    actor: str
+    actor: str | None = None
+    #: A leader task (scheduler/tasks.py) instead of an actor.
+    task: str | None = None
     cron: str | None = None
     every: str | None = None
     #: Time zone of a cron expression (an IANA name, default UTC); interval entries count in UTC.
@@ -57,6 +63,11 @@ class Entry:
     def __post_init__(self) -> None:
         object.__setattr__(self, "args", tuple(self.args))  # a list in the declaration is fine too
         object.__setattr__(self, "kwargs", dict(self.kwargs))
+
+    @property
+    def runs(self) -> str:
+        """What a tick does, for people: the actor's name, or ``task <name>``."""
+        return self.actor if self.actor is not None else f"task {self.task}"
 
     @property
     def when(self) -> str:
@@ -113,8 +124,12 @@ def load_schedule(spec: str) -> list[Entry]:
     return list(entries)
 
 
-def validate(entries: Sequence[Entry], broker: dramatiq.Broker) -> None:
-    """Raise ScheduleError for the first entry that could not fire: bad name, trigger, actor or arguments."""
+def validate(entries: Sequence[Entry], broker: dramatiq.Broker, *, tasks: Collection[str] | None = None) -> None:
+    """Raise ScheduleError for the first entry that could not fire: bad name, trigger, actor, task or arguments."""
+    if tasks is None:
+        from scheduler.tasks import TASKS
+
+        tasks = TASKS
     seen: set[str] = set()
     for entry in entries:
         if not _NAME.match(entry.name):
@@ -125,6 +140,16 @@ def validate(entries: Sequence[Entry], broker: dramatiq.Broker) -> None:
             raise ScheduleError(f"schedule entry {entry.name!r} is declared twice; names must be unique")
         seen.add(entry.name)
         entry.trigger()
+        if (entry.actor is None) == (entry.task is None):
+            raise entry._error("give exactly one of actor= or task=")
+        if entry.task is not None:
+            if entry.task not in tasks:
+                raise entry._error(
+                    f"task {entry.task!r} is not one of the scheduler's tasks: {', '.join(sorted(tasks))}"
+                )
+            if entry.args or entry.kwargs:
+                raise entry._error("a task takes no args or kwargs")
+            continue
         try:
             actor = broker.get_actor(entry.actor)
         except ActorNotFound:

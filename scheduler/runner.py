@@ -1,4 +1,4 @@
-"""The leader's APScheduler: each due tick of an entry enqueues its actor's message once.
+"""The leader's APScheduler: each due tick of an actor entry enqueues its message once.
 
 1. On start, each entry resumes after the last tick recorded in ``schedule_state`` (or from now,
    for a new entry), but never earlier than the misfire grace time: ticks missed while no leader
@@ -8,9 +8,10 @@
    The key is the tick's identity: a second fire of the same tick (an old leader that has not yet
    noticed it lost the lock, a catch-up of a tick the dead leader enqueued just before dying)
    raises DuplicateJob and is recorded as a duplicate, never enqueued twice.
-3. Each tick's outcome (enqueued, duplicate, missed, error) goes to ``schedule_state`` and to the
-   log as one JSON event; a tick whose previous message has still not started is also reported
-   (``schedule.not_started``): no worker is consuming that entry's queue.
+3. A tick of a task entry runs the task in this process (``scheduler/tasks.py``).
+4. Each tick's outcome (enqueued, duplicate, ran, missed, error) goes to ``schedule_state``, to the
+   log as one JSON event, and to ``jobs_scheduler_ticks_total``; a tick whose previous message has
+   still not started is also reported (``schedule.not_started``): no worker consumes its queue.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import dramatiq
 from apscheduler.events import (
     EVENT_JOB_ERROR,
     EVENT_JOB_EXECUTED,
@@ -35,16 +35,29 @@ from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from middleware.database import Database
+from actors.system import System
 from middleware.idempotency import DuplicateJob, release_key
 from middleware.job_logs import emit_event
 from middleware.job_status import QUEUED
-from middleware.schedule_state import DUPLICATE, ENQUEUED, ERROR, MISSED, entry_state, last_scheduled, record_tick
+from middleware.schedule_state import (
+    DUPLICATE,
+    ENQUEUED,
+    ERROR,
+    MISSED,
+    RAN,
+    entry_state,
+    last_scheduled,
+    record_tick,
+)
 from scheduler.entries import Entry
+from scheduler.tasks import TASKS, SchedulerMetrics, TaskContext
 
 logger = logging.getLogger("scheduler.runner.TickRunner")
 
-#: Ticks of different entries run side by side; ticks of one entry one at a time (max_instances=1).
+#: Threads running ticks. A task entry runs one tick at a time (a refresh still running makes the next
+#: one pointless); an actor entry up to this many, so one slow enqueue (the first of a new leader's
+#: term opens its connections) does not make APScheduler skip the next tick. Overlapping ticks are
+#: safe: each has its own idempotency key, and schedule_state keeps the latest.
 TICK_THREADS = 4
 #: The entries are code, not data: APScheduler's in-memory job store, under its default name.
 _JOBSTORE = "default"
@@ -53,28 +66,32 @@ _JOBSTORE = "default"
 class TickRunner:
     """Runs the entries on an APScheduler BackgroundScheduler while this process leads."""
 
-    def __init__(self, entries: Sequence[Entry], *, broker: dramatiq.Broker, database: Database, identity: str,
-                 misfire_grace_ms: int, coalesce: bool) -> None:  # fmt: skip
+    def __init__(self, entries: Sequence[Entry], *, system: System, identity: str,
+                 metrics: SchedulerMetrics | None = None) -> None:  # fmt: skip
         self.entries = list(entries)
-        self.broker = broker
-        self.database = database
+        self.system = system
+        self.broker = system.broker
+        self.database = system.database
         self.identity = identity
-        self.misfire_grace = timedelta(milliseconds=misfire_grace_ms)
-        self.coalesce = coalesce
+        self.misfire_grace = timedelta(milliseconds=system.settings.scheduler_misfire_grace_ms)
+        self.coalesce = system.settings.scheduler_coalesce
+        self.metrics = metrics or SchedulerMetrics()
         self._scheduler: BackgroundScheduler | None = None
+        self._tasks: TaskContext | None = None
 
     def start(self, *, now: datetime | None = None) -> None:
         scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": _TickExecutor(max_workers=TICK_THREADS)},
-            job_defaults={"coalesce": self.coalesce, "max_instances": 1,
-                          "misfire_grace_time": self.misfire_grace.total_seconds()},
+            job_defaults={"coalesce": self.coalesce, "misfire_grace_time": self.misfire_grace.total_seconds()},
         )  # fmt: skip
         scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
+        self._tasks = TaskContext(self.system, self.metrics.begin_term())
         first_ticks = self.resume_points(now=now or datetime.now(UTC))
         for entry in self.entries:
             scheduler.add_job(self._tick_job, trigger=entry.trigger(), args=(entry,), id=entry.name, name=entry.name,
-                              next_run_time=first_ticks[entry.name])  # fmt: skip
+                              next_run_time=first_ticks[entry.name],
+                              max_instances=1 if entry.task is not None else TICK_THREADS)  # fmt: skip
         scheduler.start()
         self._scheduler = scheduler
 
@@ -83,6 +100,7 @@ class TickRunner:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+        self.metrics.end_term()
 
     def resume_points(self, *, now: datetime) -> dict[str, datetime | None]:
         """Each entry's first tick: the one after its last recorded tick, within the misfire grace time."""
@@ -103,12 +121,14 @@ class TickRunner:
         """Handle one tick of ``entry``; returns its outcome."""
         scheduled_for = scheduled_for.astimezone(UTC)
         late_ms = max(0, round((datetime.now(UTC) - scheduled_for).total_seconds() * 1000))
-        fields = {"entry": entry.name, "actor": entry.actor, "scheduled_for": scheduled_for.isoformat(),
+        fields = {"entry": entry.name, "runs": entry.runs, "scheduled_for": scheduled_for.isoformat(),
                   "late_ms": late_ms, "scheduler": self.identity}  # fmt: skip
         if missed:
             self._record(entry, scheduled_for, MISSED, None, f"missed by {late_ms} ms")
             emit_event("schedule.missed", level=logging.WARNING, **fields)
             return MISSED
+        if entry.task is not None:
+            return self._run_task(entry, scheduled_for, fields)
         self._report_if_previous_not_started(entry)
         message = self.broker.get_actor(entry.actor).message_with_options(
             args=entry.args, kwargs=entry.kwargs, idempotency_key=entry.tick_key(scheduled_for)
@@ -131,16 +151,30 @@ class TickRunner:
         emit_event("schedule.enqueued", message_id=message.message_id, **fields)
         return ENQUEUED
 
+    def _run_task(self, entry: Entry, scheduled_for: datetime, fields: dict[str, Any]) -> str:
+        assert self._tasks is not None, "tasks run only while the runner is started"
+        try:
+            result = TASKS[entry.task](self._tasks)
+        except Exception as error:
+            detail = f"{type(error).__name__}: {error}"
+            self._record(entry, scheduled_for, ERROR, None, detail)
+            emit_event("schedule.failed", level=logging.ERROR, error=detail, **fields)
+            raise
+        self._record(entry, scheduled_for, RAN, None, result)
+        emit_event("schedule.ran", result=result, **fields)
+        return RAN
+
     def _record(self, entry: Entry, scheduled_for: datetime, outcome: str, message_id: str | None,
-                error: str | None) -> None:  # fmt: skip
+                detail: str | None) -> None:  # fmt: skip
+        self.metrics.count_tick(entry.name, outcome)
         record_tick(self.database, entry.name, scheduled_for=scheduled_for, outcome=outcome, message_id=message_id,
-                    error=error, fired_by=self.identity)  # fmt: skip
+                    error=detail, fired_by=self.identity)  # fmt: skip
 
     def _report_if_previous_not_started(self, entry: Entry) -> None:
         state = entry_state(self.database, entry.name)
         if state is None or state["last_job_status"] != QUEUED:
             return
-        emit_event("schedule.not_started", level=logging.WARNING, entry=entry.name, actor=entry.actor,
+        emit_event("schedule.not_started", level=logging.WARNING, entry=entry.name, runs=entry.runs,
                    previous_message_id=state["last_message_id"],
                    previous_scheduled_for=state["last_scheduled_for"].isoformat(),
                    reason="the previous tick's job has not started: is a worker consuming its queue?")  # fmt: skip
@@ -148,10 +182,11 @@ class TickRunner:
     def _skipped(self, event: JobSubmissionEvent) -> None:
         entry = next(entry for entry in self.entries if entry.name == event.job_id)
         for scheduled_for in event.scheduled_run_times:
-            self._record(entry, scheduled_for.astimezone(UTC), MISSED, None, "the previous tick was still running")
-            emit_event("schedule.missed", level=logging.WARNING, entry=entry.name, actor=entry.actor,
+            reason = "earlier ticks of this entry were still running"
+            self._record(entry, scheduled_for.astimezone(UTC), MISSED, None, reason)
+            emit_event("schedule.missed", level=logging.WARNING, entry=entry.name, runs=entry.runs,
                        scheduled_for=scheduled_for.astimezone(UTC).isoformat(), scheduler=self.identity,
-                       reason="the previous tick of this entry was still running")  # fmt: skip
+                       reason=reason)  # fmt: skip
 
 
 class _TickExecutor(BaseExecutor):

@@ -1,7 +1,7 @@
 """Schedules and actors for the scheduler and maintenance tests.
 
-``SCHEDULE_MODULE=tests.schedules`` runs :data:`SCHEDULE` (one tick a second); ``tests.schedules:BAD_CRON``
-and ``tests.schedules:UNKNOWN_ACTOR`` must not start. Workers: ``dramatiq actors tests.schedules``.
+``SCHEDULE_MODULE=tests.schedules`` runs :data:`SCHEDULE` (ticks every second); ``tests.schedules:BAD_CRON``
+must not start. Workers: ``dramatiq actors tests.schedules``.
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ def _wait_for(path: Path) -> None:
         time.sleep(0.05)  # the test releases the job by creating the file
 
 
-SCHEDULE = [Entry("tick", every="1s", actor="count_tick", args=("tick",))]
+SCHEDULE = [
+    Entry("tick", every="1s", actor="count_tick", args=("tick",)),
+    Entry("gauges", every="1s", task="refresh_gauges"),
+]
 BAD_CRON = [
     Entry("tick", every="1s", actor="count_tick", args=("tick",)),
     Entry("nightly-report", cron="0 25 * * *", actor="count_tick", args=("report",)),
 ]
-UNKNOWN_ACTOR = [Entry("nightly-report", cron="0 3 * * *", actor="send_nightly_report")]

@@ -9,9 +9,11 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
+from actors.settings import Settings
+from actors.system import System
 from middleware.database import Database
-from middleware.job_status import get_job
-from middleware.schedule_state import DUPLICATE, ENQUEUED, MISSED, entry_state, record_tick
+from middleware.job_status import get_job, job_status
+from middleware.schedule_state import DUPLICATE, ENQUEUED, MISSED, RAN, entry_state, record_tick
 from scheduler.entries import Entry, ScheduleError, load_schedule, validate
 from scheduler.leader import FileLeaderLock, current_leader, lock_file_path
 from scheduler.runner import TickRunner
@@ -28,9 +30,10 @@ def report_actor(stub_broker: StubBroker) -> dramatiq.Actor:
     return send_report
 
 
-def runner_for(entries: list[Entry], broker: StubBroker, database: Database, *, coalesce: bool = True) -> TickRunner:
-    return TickRunner(entries, broker=broker, database=database, identity="test:1", misfire_grace_ms=60_000,
-                      coalesce=coalesce)  # fmt: skip
+def runner_for(entries: list[Entry], broker: StubBroker, database: Database, **settings: str) -> TickRunner:
+    env = {"DATABASE_URL": database.url, "SCHEDULER_MISFIRE_GRACE_MS": "60000", **settings}
+    system = System(settings=Settings.from_env(env), database=database, broker=broker)
+    return TickRunner(entries, system=system, identity="test:1")
 
 
 @pytest.mark.parametrize(
@@ -56,6 +59,12 @@ def runner_for(entries: list[Entry], broker: StubBroker, database: Database, *, 
         (Entry("no-kind", every="5m", actor="send_report"),
          "schedule entry 'no-kind': args/kwargs do not fit actor 'send_report': missing a required argument: 'kind'"),
         (Entry("Bad Name", every="5m", actor="send_report", args=("daily",)), "a name is 1 to 100 lowercase"),
+        (Entry("watch", every="5m", task="check_alert"),
+         "schedule entry 'watch': task 'check_alert' is not one of the scheduler's tasks: check_alerts, "
+         "refresh_gauges"),
+        (Entry("watch", every="5m", task="check_alerts", args=(1,)), "schedule entry 'watch': a task takes no args"),
+        (Entry("watch", every="5m", task="check_alerts", actor="send_report"),
+         "schedule entry 'watch': give exactly one of actor= or task="),
     ],
 )  # fmt: skip
 def test_a_bad_entry_is_refused_with_a_message_naming_it(
@@ -86,8 +95,9 @@ def test_the_shipped_schedule_is_valid() -> None:
 
     entries = load_schedule("scheduler.schedule")
     validate(entries, current_system().broker)
-    assert {entry.actor for entry in entries} >= {"reconcile_dead_letters", "purge_dead_letters", "purge_job_status",
-                                                  "sweep_stalled_jobs", "check_alerts"}  # fmt: skip
+    built_in = {"reconcile_dead_letters", "purge_dead_letters", "purge_job_status", "sweep_stalled_jobs",
+                "task refresh_gauges", "task check_alerts"}  # fmt: skip
+    assert {entry.runs for entry in entries} >= built_in
 
 
 def test_crontab_weekdays_count_from_sunday_as_in_crontab() -> None:
@@ -173,3 +183,44 @@ def test_the_file_lock_has_one_holder_and_is_free_once_it_is_released(tmp_path: 
     path.unlink()  # a lock whose file was replaced no longer counts
     assert not second.still_held()
     second.release()
+
+
+def samples(runner: TickRunner) -> dict[tuple[str, tuple[str, ...]], float]:
+    """Every sample the replica serves, by name and label values."""
+    return {(sample.name, tuple(sample.labels.values())): sample.value
+            for family in runner.metrics.collect() for sample in family.samples}  # fmt: skip
+
+
+def test_the_leader_checks_alerts_and_serves_gauges_itself_with_no_worker_running(
+    stub_broker: StubBroker, database: Database, report_actor: dramatiq.Actor
+) -> None:
+    yearly = {"cron": "0 0 1 1 *"}  # the test drives the ticks; APScheduler's own would come next January
+    alerts, gauges = Entry("alerts", task="check_alerts", **yearly), Entry("gauges", task="refresh_gauges", **yearly)
+    runner = runner_for([alerts, gauges], stub_broker, database, ALERT_FAILED_JOBS_THRESHOLD="1")
+    report_actor.send("daily")  # waits on "reports", and no worker serves it
+    with database.transaction() as connection:
+        for number in range(2):
+            connection.execute(job_status.insert().values(
+                message_id=f"failed-{number}", actor_name="send_report", queue_name="reports", status="failed",
+                attempts=1, unfinished_deliveries=0, finished_at=datetime.now(UTC), updated_at=datetime.now(UTC),
+            ))  # fmt: skip
+    assert samples(runner)[("jobs_scheduler_leader", ())] == 0
+    runner.start()
+    try:
+        assert runner.tick(alerts, scheduled_for=NOON, missed=False) == RAN
+        assert runner.tick(gauges, scheduled_for=NOON, missed=False) == RAN
+        served = samples(runner)
+    finally:
+        runner.stop()
+    assert served[("jobs_scheduler_leader", ())] == 1
+    assert served[("jobs_alert_firing", ("jobs_waiting_without_worker", "reports"))] == 1
+    assert served[("jobs_alert_firing", ("failed_jobs_above_threshold", ""))] == 1
+    assert served[("jobs_queue_messages", ("reports", "waiting"))] == 1
+    assert served[("jobs_scheduler_ticks_total", ("alerts", "ran"))] == 1
+    assert entry_state(database, "alerts")["last_error"] == (
+        "2 alert(s) firing; 1 job(s) wait on reports and no live worker consumes it; 2 job(s) failed in the last 1 h, "
+        "above the threshold of 1"
+    )
+    after = samples(runner)
+    assert after[("jobs_scheduler_leader", ())] == 0
+    assert not any(name.startswith(("jobs_alert", "jobs_queue")) for name, _ in after), "a standby serves no gauges"
