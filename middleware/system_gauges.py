@@ -22,6 +22,7 @@ Gauges (``queue_name`` as in the worker metrics):
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -147,7 +148,8 @@ class _LastSnapshot:
         return list(self.families)
 
 
-_last_snapshots: dict[int, _LastSnapshot] = {}
+#: By registry, weakly: a registry dropped and another made at the same address must not share one.
+_last_snapshots: weakref.WeakKeyDictionary[CollectorRegistry, _LastSnapshot] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -162,9 +164,9 @@ def refresh_system_gauges(
     snapshot = take_snapshot(broker, database, stale_after_ms=stale_after_ms)
     families = metric_families(snapshot)
     with _lock:
-        holder = _last_snapshots.get(id(registry))
+        holder = _last_snapshots.get(registry)
         if holder is None:
-            holder = _last_snapshots[id(registry)] = _LastSnapshot()
+            holder = _last_snapshots[registry] = _LastSnapshot()
             registry.register(holder)
         holder.families = families  # one assignment: a scrape sees the old set or the new one, whole
     return snapshot
