@@ -7,7 +7,8 @@ imported, and Sentry is set up before any broker exists.
 Only the processes of a ``dramatiq`` command keep their metrics in a multiprocess directory, and
 only when the deployment has an endpoint (``METRICS_PORT``) or is given a directory
 (``METRICS_DIR``, which ``python -m ops workers`` gives its workers). Apps, ``python -m ops`` and
-tests keep theirs in memory, in ``prometheus_client``'s default registry.
+tests keep theirs in memory, in ``prometheus_client``'s default registry. Likewise only those
+processes start Sentry (``SENTRY_DSN``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def configure_observability(settings: Settings) -> None:
     global _metrics_directory
     directory = worker_metrics_directory(settings)
     _metrics_directory = use_metrics_directory(directory) if directory is not None else None
-    if settings.sentry_dsn is not None:
+    # Only workers run jobs, so only they report; an app keeps whatever Sentry set-up it has.
+    if settings.sentry_dsn is not None and is_dramatiq_process():
         init_error_reporting(
             settings.sentry_dsn, environment=settings.sentry_environment, release=_release(),
             sensitive_fields=settings.sensitive_fields,
