@@ -39,7 +39,7 @@ class Settings:
     redis_namespace: str = "dramatiq"
     #: The liveness window: a Redis worker whose heartbeat is older than this is dead, and its
     #: unacked messages are handed back (explicit heartbeats come from a process of their own).
-    redis_heartbeat_timeout_ms: int = 5_000
+    redis_heartbeat_timeout_ms: int = 4_000
     #: Out of a million broker commands, how many also run Dramatiq's hand-back by chance; the
     #: heartbeat process already runs it every second, so 0 by default.
     redis_maintenance_chance: int = 0
@@ -129,7 +129,7 @@ class Settings:
             database_url=_database_url(env.text("DATABASE_URL", "") or default_database),
             state_dir=state_dir,
             redis_namespace=env.text("REDIS_NAMESPACE", "dramatiq"),
-            redis_heartbeat_timeout_ms=env.integer("REDIS_HEARTBEAT_TIMEOUT_MS", 5_000, minimum=2_000),
+            redis_heartbeat_timeout_ms=env.integer("REDIS_HEARTBEAT_TIMEOUT_MS", 4_000, minimum=2_000),
             redis_maintenance_chance=env.integer("REDIS_MAINTENANCE_CHANCE", 0, minimum=0, maximum=1_000_000),
             transcription_engine=env.choice("TRANSCRIPTION_ENGINE", "pocketsphinx", set(ENGINE_NAMES)),
             transcription_segment_ms=env.integer("TRANSCRIPTION_SEGMENT_MS", 30_000, minimum=1_000),

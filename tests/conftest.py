@@ -70,7 +70,7 @@ def broker_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]
     """Environment for a real broker of the parametrised kind, isolated to this test."""
     if request.param == "redis":
         namespace = request.getfixturevalue("redis_namespace")
-        # The defaults: explicit heartbeats and a 5 s liveness window (middleware/heartbeats.py).
+        # The defaults: explicit heartbeats and a 4 s liveness window (middleware/heartbeats.py).
         return {"BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": namespace, "STATE_DIR": str(tmp_path)}
     return {"BROKER_URL": request.getfixturevalue("rabbitmq_url"), "STATE_DIR": str(tmp_path)}
 
