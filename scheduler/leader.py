@@ -104,11 +104,12 @@ class PostgresLeaderLock:
 
     def still_held(self) -> bool:
         # The lock is released only with its session (or by release()): a live session holds it.
+        if self._connection is None:
+            return False
         try:
-            assert self._connection is not None
             self._connection.execute("SELECT 1")
             return True
-        except (psycopg.Error, AssertionError) as error:
+        except psycopg.Error as error:
             logger.warning("The leader lock's PostgreSQL session is gone (%s).", error)
             self._drop_connection()
             return False

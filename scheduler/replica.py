@@ -40,6 +40,7 @@ def run_replica(lock: LeaderLock, runner: TickRunner, *, retry_ms: int, stop: th
             failed_starts += 1
             pause_ms = min(MAX_START_PAUSE_MS, retry_ms * 2**failed_starts)
             logger.exception("Could not start scheduling; giving the lock up and trying again in %d ms.", pause_ms)
+            runner.stop()
             lock.release()
             stop.wait(pause_ms / 1000)  # a database that is down: back off, another replica may try meanwhile
             continue

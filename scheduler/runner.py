@@ -103,12 +103,16 @@ class TickRunner:
         self.metrics.end_term()
 
     def resume_points(self, *, now: datetime) -> dict[str, datetime | None]:
-        """Each entry's first tick: the one after its last recorded tick, within the misfire grace time."""
+        """Each entry's first tick: the one after its last recorded tick, within the misfire grace time.
+        A task looks at the system as it is now: missed runs of it are not caught up."""
         last = last_scheduled(self.database)
         points = {}
         for entry in self.entries:
             previous = last.get(entry.name)
-            start = now if previous is None else max(previous + timedelta(microseconds=1), now - self.misfire_grace)
+            if previous is None or entry.task is not None:
+                start = now
+            else:
+                start = max(previous + timedelta(microseconds=1), now - self.misfire_grace)
             points[entry.name] = entry.trigger().get_next_fire_time(None, start)
         return points
 

@@ -151,15 +151,17 @@ def test_a_new_leader_resumes_after_the_last_recorded_tick_within_the_grace_time
     recent = Entry("recent", every="10s", actor="send_report", args=("a",))
     stale = Entry("stale", every="10s", actor="send_report", args=("b",))
     new = Entry("new", every="10s", actor="send_report", args=("c",))
+    task = Entry("gauges", every="10s", task="refresh_gauges")
     now = NOON + timedelta(minutes=10, seconds=35)
-    for entry, last in ((recent, NOON + timedelta(minutes=10)), (stale, NOON - timedelta(hours=5))):
+    for entry, last in ((recent, NOON + timedelta(minutes=10)), (stale, NOON - timedelta(hours=5)), (task, NOON)):
         record_tick(database, entry.name, scheduled_for=last, outcome=ENQUEUED, message_id=None, error=None,
                     fired_by="old:1")  # fmt: skip
-    points = runner_for([recent, stale, new], stub_broker, database).resume_points(now=now)
+    points = runner_for([recent, stale, new, task], stub_broker, database).resume_points(now=now)
     assert points == {
         "recent": NOON + timedelta(minutes=10, seconds=10),  # the ticks missed since 12:10:00 are caught up
         "stale": NOON + timedelta(minutes=9, seconds=40),  # not earlier than the 60 s grace time
         "new": NOON + timedelta(minutes=10, seconds=40),  # a new entry starts from now
+        "gauges": NOON + timedelta(minutes=10, seconds=40),  # a task is not caught up
     }
 
 
