@@ -60,8 +60,8 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, commands: list[list[str]], *, grace_s: float, env: dict[str, str] | None = None) -> None:
-        self.slots = [Slot(number, command, env) for number, command in enumerate(commands)]
+    def __init__(self, commands: list[list[str]], *, grace_s: float, envs: list[dict[str, str]] | None = None) -> None:
+        self.slots = [Slot(number, command, envs[number] if envs else None) for number, command in enumerate(commands)]
         self.grace_s = grace_s
         self.stopping = threading.Event()
 
@@ -144,11 +144,19 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_START
-    supervisor = Supervisor([command] * args.workers, grace_s=args.grace,
-                            env={**os.environ, **metrics_env} if metrics_env else None)  # fmt: skip
+    envs = [{**os.environ, **metrics_env, **_health_port_of(slot)} for slot in range(args.workers)]
+    supervisor = Supervisor([command] * args.workers, grace_s=args.grace, envs=envs)
     signal.signal(signal.SIGTERM, supervisor.stop)
     signal.signal(signal.SIGINT, supervisor.stop)
     return supervisor.run()
+
+
+def _health_port_of(slot: int) -> dict[str, str]:
+    """Each worker is a dramatiq command of its own: slot k answers liveness probes on the port + k."""
+    from actors.system import current_system
+
+    port = current_system().settings.worker_health_port
+    return {"WORKER_HEALTH_PORT": str(port + slot)} if port else {}
 
 
 def _serve_workers_metrics() -> dict[str, str]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,8 @@ def worker_processes(namespace: str, master: int) -> list[int]:
 def test_a_killed_worker_is_restarted_and_its_sibling_is_untouched(
     broker_env: dict[str, str], database_url: str, tmp_path: Path
 ) -> None:
-    env = {**broker_env, "DATABASE_URL": database_url}
+    health_port = _two_free_ports()
+    env = {**broker_env, "DATABASE_URL": database_url, "WORKER_HEALTH_PORT": str(health_port)}
     log = (tmp_path / "supervisor.log").open("wb")
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "ops", "workers", "--workers", "2", "--grace", "20"],
@@ -42,6 +45,9 @@ def test_a_killed_worker_is_restarted_and_its_sibling_is_untouched(
         masters = wait_until(lambda: len(children(supervisor.pid)) == 2 and children(supervisor.pid), timeout_s=30,
                              what="two dramatiq masters")  # fmt: skip
         victim_master, sibling = masters
+        # Each worker is a dramatiq command of its own, so each gets its own liveness port.
+        for port in (health_port, health_port + 1):
+            wait_until(lambda port=port: _alive(port), timeout_s=60, what=f"the liveness probe on port {port}")
         namespace = env["REDIS_NAMESPACE"]
         victim = wait_until(lambda: worker_processes(namespace, victim_master), timeout_s=60, what="a worker")[0]
         os.kill(victim, signal.SIGKILL)
@@ -57,3 +63,25 @@ def test_a_killed_worker_is_restarted_and_its_sibling_is_untouched(
     assert code == 0, output
     assert "exited with code 1" in output and "restarting it" in output
     assert children(supervisor.pid) == []
+
+
+def _two_free_ports() -> int:
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with socket.socket() as next_one:
+            try:
+                next_one.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def _alive(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
