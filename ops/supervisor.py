@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ops.worker_profiles import PROFILES, WorkerProfile
+
 logger = logging.getLogger("ops.supervisor")
 
 EXIT_BAD_START = 2
@@ -125,8 +127,20 @@ def worker_command(*, queues: list[str], threads: int, modules: list[str]) -> li
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     workers = commands.add_parser("workers", help="run worker processes, restarting any that dies")
-    workers.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    workers.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
+    workers.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="long",
+        help="defaults for the kind of job (ops/worker_profiles.py): long (transcription: 2 workers "
+        "x 1 thread, prefetch 1) or short (webhooks: a worker per core x 8 threads, prefetch 64)",
+    )
+    workers.add_argument("--workers", type=int, help="worker processes (default: the profile's)")
+    workers.add_argument("--threads", type=int, help="threads per worker (default: the profile's)")
+    workers.add_argument(
+        "--prefetch",
+        type=int,
+        help="messages each worker takes from its queues ahead of its threads (default: the profile's)",
+    )
     workers.add_argument("--queues", nargs="*", default=[], help="queues to serve (default: all)")
     workers.add_argument("--modules", nargs="*", default=[], help="extra actor modules to import")
     workers.add_argument("--grace", type=float, default=60.0, help="seconds to wait for workers on stop")
@@ -134,8 +148,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.workers < 1 or args.threads < 1:
-        print("error: --workers and --threads must be at least 1", file=sys.stderr)
+    profile = PROFILES[args.profile]
+    args.workers = profile.workers if args.workers is None else args.workers
+    args.threads = profile.threads if args.threads is None else args.threads
+    prefetch = profile.prefetch if args.prefetch is None else args.prefetch
+    if args.workers < 1 or args.threads < 1 or prefetch < 1:
+        print("error: --workers, --threads and --prefetch must be at least 1", file=sys.stderr)
         return 2
     logging.getLogger("ops").setLevel(logging.INFO)
     command = worker_command(queues=args.queues, threads=args.threads, modules=args.modules)
@@ -144,7 +162,8 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_START
-    envs = [{**os.environ, **metrics_env, **_health_port_of(slot)} for slot in range(args.workers)]
+    prefetch_env = WorkerProfile(workers=args.workers, threads=args.threads, prefetch=prefetch).environment()
+    envs = [{**os.environ, **metrics_env, **prefetch_env, **_health_port_of(slot)} for slot in range(args.workers)]
     supervisor = Supervisor([command] * args.workers, grace_s=args.grace, envs=envs)
     signal.signal(signal.SIGTERM, supervisor.stop)
     signal.signal(signal.SIGINT, supervisor.stop)

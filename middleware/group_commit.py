@@ -1,0 +1,118 @@
+"""Group commit: writes from many threads share transactions, and each caller still waits for its own.
+
+Every worker thread writes its job's status at start and at finish, and must see it committed
+before it goes on (the delivery count decides poison messages; the ack must not outrun the
+status). One transaction per write makes the threads queue for SQLite's single write lock (or
+PostgreSQL's commit flush) one by one. Here:
+
+1. A thread hands its write to :meth:`GroupCommit.run` and blocks until it is committed.
+2. If no flush is under way, that thread flushes at once: everything pending, its own write
+   included, in one transaction (``apply`` turns a batch into a few multi-row statements).
+3. Writes arriving meanwhile wait for that flush to end; one of their threads then flushes them
+   all together. Under load, batches grow to the number of busy threads; alone, a write costs
+   what it did before.
+4. If a batch fails, each of its writes is tried again in a transaction of its own, so one bad
+   write fails only its own caller, with its own error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger("middleware.group_commit.GroupCommit")
+
+
+@dataclass(eq=False)
+class Write:
+    """One caller's write: ``kind`` selects the statement, ``params`` are its values."""
+
+    kind: str
+    params: dict[str, Any]
+    result: Any = None
+    error: BaseException | None = None
+    done: bool = field(default=False, repr=False)
+
+
+#: Runs a batch of writes in one transaction (rolled back if it raises), setting each ``write.result``.
+CommitBatch = Callable[[Sequence[Write]], None]
+
+
+class GroupCommit:
+    """Parameters:
+    commit: runs a batch in one transaction (in submission order where order matters) and sets
+      each write's result.
+    """
+
+    def __init__(self, *, commit: CommitBatch) -> None:
+        self.commit = commit
+        self._pid = os.getpid()
+        self._condition = threading.Condition()
+        self._pending: list[Write] = []
+        self._flushing = False
+
+    def run(self, write: Write) -> Any:
+        """Commit ``write`` (with whatever else is pending) and return its result, or raise its error."""
+        self.run_all([write])
+        return write.result
+
+    def run_all(self, writes: Sequence[Write]) -> None:
+        """Commit ``writes`` (with whatever else is pending); raises the first error among them."""
+        self._after_fork()
+        own = set(writes)
+        with self._condition:
+            self._pending.extend(writes)
+        while True:
+            with self._condition:
+                while self._flushing and not all(write.done for write in writes):
+                    self._condition.wait()
+                if all(write.done for write in writes):
+                    break
+                # No flush under way: this thread flushes everything pending, its own writes included.
+                batch, self._pending = self._pending, []
+                self._flushing = True
+            self._flush(batch, own=own)
+        for write in writes:
+            if write.error is not None:
+                raise write.error
+
+    def _flush(self, batch: list[Write], *, own: set[Write]) -> None:
+        settled: list[Write] = []
+        try:
+            try:
+                self.commit(batch)
+                settled = batch
+            except Exception as error:
+                if len(batch) == 1:
+                    batch[0].error = error
+                    settled = batch
+                    return
+                logger.info("A batch of %d writes failed (%s: %s); trying each in a transaction of its own.",
+                            len(batch), type(error).__name__, error)  # fmt: skip
+                for write in batch:
+                    try:
+                        self.commit([write])
+                    except Exception as own_error:
+                        write.error = own_error
+                    settled.append(write)
+        finally:
+            with self._condition:
+                for write in settled:
+                    write.done = True
+                # An interruption (Shutdown, TimeLimitExceeded) raised in this thread is this thread's
+                # alone: the other writes it had not committed go back to pending, for the next flush.
+                self._pending[:0] = [write for write in batch if not write.done and write not in own]
+                self._flushing = False
+                self._condition.notify_all()
+
+    def _after_fork(self) -> None:
+        # A lock held by a thread of the parent would never be released in the child.
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._condition = threading.Condition()
+            self._pending = []
+            self._flushing = False

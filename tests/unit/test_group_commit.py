@@ -1,0 +1,86 @@
+"""Group commit: concurrent writers share transactions, each gets its own result, one bad write fails alone."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from middleware.group_commit import GroupCommit, Write
+from tests.harness import wait_until
+
+
+class Recorder:
+    """A commit function that doubles each write's value, refuses the value 13, and records each batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.hold_first = threading.Event()
+        self.first_started = threading.Event()
+
+    def commit(self, writes: Sequence[Write]) -> None:
+        if not self.batches:
+            self.first_started.set()
+            self.hold_first.wait(timeout=10)
+        self.batches.append([write.params["value"] for write in writes])
+        if any(write.params["value"] == 13 for write in writes):
+            raise ValueError("13 is refused")  # the whole transaction rolls back
+        for write in writes:
+            write.result = write.params["value"] * 2
+
+
+def run_in_threads(group: GroupCommit, values: list[int]) -> tuple[dict[int, object], list[threading.Thread]]:
+    outcomes: dict[int, object] = {}
+
+    def write(value: int) -> None:
+        try:
+            outcomes[value] = group.run(Write("double", {"value": value}))
+        except ValueError as error:
+            outcomes[value] = error
+
+    threads = [threading.Thread(target=write, args=(value,)) for value in values]
+    for thread in threads:
+        thread.start()
+    return outcomes, threads
+
+
+def test_writes_that_arrive_during_a_flush_are_committed_together_and_each_caller_gets_its_result() -> None:
+    recorder = Recorder()
+    group = GroupCommit(commit=recorder.commit)
+    outcomes, [first] = run_in_threads(group, [1])
+    recorder.first_started.wait(timeout=10)
+    more, threads = run_in_threads(group, [2, 3, 4, 5])
+    wait_until(lambda: len(group._pending) == 4, timeout_s=10, what="four writes waiting for the flush")
+    recorder.hold_first.set()
+    for thread in [first, *threads]:
+        thread.join(timeout=10)
+    assert recorder.batches[0] == [1]
+    assert sorted(recorder.batches[1]) == [2, 3, 4, 5], "the four waiting writes share one transaction"
+    assert {**outcomes, **more} == {1: 2, 2: 4, 3: 6, 4: 8, 5: 10}
+
+
+def test_a_failing_write_fails_only_its_own_caller() -> None:
+    recorder = Recorder()
+    group = GroupCommit(commit=recorder.commit)
+    _, [first] = run_in_threads(group, [1])
+    recorder.first_started.wait(timeout=10)
+    more, threads = run_in_threads(group, [12, 13, 14])
+    wait_until(lambda: len(group._pending) == 3, timeout_s=10, what="three writes waiting for the flush")
+    recorder.hold_first.set()
+    for thread in [first, *threads]:
+        thread.join(timeout=10)
+    assert more[12] == 24 and more[14] == 28
+    assert isinstance(more[13], ValueError)
+    assert sorted(recorder.batches[1]) == [12, 13, 14] and sorted(map(tuple, recorder.batches[2:])) == [
+        (12,), (13,), (14,),
+    ], "the failed batch is retried one write per transaction"  # fmt: skip
+
+
+def test_a_single_write_raises_its_error() -> None:
+    recorder = Recorder()
+    recorder.hold_first.set()
+    group = GroupCommit(commit=recorder.commit)
+    with pytest.raises(ValueError, match="13 is refused"):
+        group.run(Write("double", {"value": 13}))
+    assert group.run(Write("double", {"value": 21})) == 42
