@@ -43,6 +43,18 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def own_postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, migrated: for tests that judge every row in it
+    (worker health), or that must not share it with other tests' leftovers."""
+    name = f"rj_own_{uuid.uuid4().hex[:10]}"
+    url = harness.create_postgres_database(name)
+    result = harness.run_ops({"DATABASE_URL": url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    yield url
+    harness.drop_postgres_database(name)
+
+
+@pytest.fixture
 def redis_namespace() -> Iterator[str]:
     namespace = f"rjtest-{uuid.uuid4().hex[:12]}"
     yield namespace

@@ -17,7 +17,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,8 +33,7 @@ from sqlalchemy import create_engine, func, select
 from actors.tables import transcript_segments
 from middleware.dead_letters import dead_letters
 from ops.recordings import make_long_recording
-from tests import harness
-from tests.harness import ROOT, process_env, run_ops, run_python, wait_until
+from tests.harness import ROOT, free_port, process_env, run_ops, run_python, wait_until
 from tests.tcp_proxy import TcpProxy
 
 SEGMENT_MS = 3_000
@@ -54,7 +52,7 @@ class Chaos:
 
     def start_redis(self) -> None:
         if not self.redis_port:
-            self.redis_port = _free_port()
+            self.redis_port = free_port()
         # appendfsync always: a SIGKILLed Redis loses no acknowledged write.
         self.redis_process = subprocess.Popen(
             ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--appendonly", "yes",
@@ -95,13 +93,8 @@ def chaos(tmp_path: Path) -> Iterator[Chaos]:
 
 
 @pytest.fixture
-def database() -> Iterator[str]:
-    name = f"rj_chaos_{uuid.uuid4().hex[:8]}"
-    url = harness.create_postgres_database(name)
-    result = run_ops({"DATABASE_URL": url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade")
-    assert result.returncode == 0, result.stderr
-    yield url
-    harness.drop_postgres_database(name)
+def database(own_postgres_url: str) -> str:
+    return own_postgres_url
 
 
 def test_short_chaos_run(chaos: Chaos, database: str, tmp_path: Path) -> None:
@@ -298,9 +291,3 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.ConnectionError:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

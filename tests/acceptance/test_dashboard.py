@@ -26,9 +26,9 @@ from sqlalchemy import create_engine, select
 from middleware.dead_letters import dead_letters
 from middleware.job_status import job_status
 from tests import harness
-from tests.harness import ROOT, WorkerProcess, process_env, run_python, wait_until
+from tests.harness import ROOT, WorkerProcess, free_port, process_env, run_python, wait_until
 from tests.http_sink import HttpSink
-from tests.integration.test_admin_api import answers, free_port
+from tests.integration.test_admin_api import answers
 
 TOKEN = "dashboard-test-token-0123456789"
 #: Rewritten only on request (UPDATE_SCREENSHOTS=1), so that a test run leaves the checkout as it was.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from sqlalchemy import create_engine, delete, select
 from middleware.job_status import job_status
 from middleware.schedule_state import schedule_state
 from tests import harness
-from tests.harness import ROOT, process_env, redis_client, wait_until
+from tests.harness import ROOT, free_port, process_env, redis_client, wait_until
 from tests.schedules import TICKS_QUEUE
 
 TICK = timedelta(seconds=1)
@@ -104,7 +103,7 @@ def test_the_standby_takes_over_from_a_killed_leader_and_every_tick_is_enqueued_
         assert second.stop() == 0
         assert second.events("scheduler.stopped")
         # No scheduler runs while the next one boots: it catches up the ticks missed meanwhile.
-        port = _free_port()
+        port = free_port()
         third = SchedulerProcess({**env, "SCHEDULER_METRICS_PORT": str(port)}, log_path=tmp_path / "third.log")
         restarted = _at(third.wait_for("scheduler.leader"))
         wait_until(lambda: any(_at(e, "scheduled_for") > restarted for e in third.events("schedule.enqueued")),
@@ -139,12 +138,6 @@ def test_the_standby_takes_over_from_a_killed_leader_and_every_tick_is_enqueued_
     print(f"after a restart, {len(caught_up)} missed tick(s) were caught up")
     assert "jobs_scheduler_leader 1.0" in metrics
     assert f'jobs_queue_messages{{queue_name="{TICKS_QUEUE}",state="waiting"}}' in metrics
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _scrape(port: int, wanted: str) -> str | None:

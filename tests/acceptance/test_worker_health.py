@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,19 +13,17 @@ import pytest
 
 from middleware.database import Database
 from middleware.worker_health import list_worker_heartbeats
-from tests.harness import WorkerProcess, run_ops, run_python, wait_until
+from tests.harness import WorkerProcess, free_port, run_ops, run_python, wait_until
 
 STALE_AFTER_MS = 3_000  # generous: on a loaded 2-core machine a 200 ms beat can slip by a second
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
-def env(broker_env: dict[str, str], database_url: str) -> dict[str, str]:
+def env(broker_env: dict[str, str], database_url: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    if database_url.startswith("postgresql"):
+        # Health judges every worker row in the database: not the session's shared one, where
+        # other tests' killed workers are rightly stale.
+        database_url = request.getfixturevalue("own_postgres_url")
     return {**broker_env, "DATABASE_URL": database_url, "WORKER_HEARTBEAT_INTERVAL_MS": "200",
             "WORKER_STALE_AFTER_MS": str(STALE_AFTER_MS), "WORKER_HEALTH_PORT": str(free_port())}  # fmt: skip
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -38,7 +37,7 @@ from middleware.redaction import REDACTED
 from middleware.retries import Retries
 from ops.admin.app import create_app
 from tests import harness
-from tests.harness import ROOT, process_env, run_ops, wait_until
+from tests.harness import ROOT, free_port, process_env, run_ops, wait_until
 
 READ_WRITE_TOKEN = "rw-token-for-tests-0123456789"
 READ_ONLY_TOKEN = "ro-token-for-tests-0123456789"
@@ -410,12 +409,6 @@ def test_serve_refuses_to_start_without_tokens_unless_dev_on_loopback(
     # uvicorn shuts down cleanly, then re-raises the signal so the exit status says what stopped it.
     assert server.returncode == -signal.SIGTERM and "Application shutdown complete" in stderr
     assert "WITHOUT authentication" in stderr
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def answers(url: str) -> bool:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import REDIS_TEST_URL, ROOT, WorkerProcess, process_env, run_python, wait_until
+from tests.harness import REDIS_TEST_URL, ROOT, WorkerProcess, free_port, process_env, run_python, wait_until
 
 
 @pytest.fixture
@@ -30,12 +30,6 @@ def taken_port() -> Iterator[int]:
         other_program.bind(("127.0.0.1", 0))
         other_program.listen()
         yield other_program.getsockname()[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape(port: int) -> dict[tuple[str, frozenset], float]:

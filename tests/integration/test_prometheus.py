@@ -23,7 +23,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from middleware.job_status import job_status
-from tests.harness import REDIS_TEST_URL, ROOT, WorkerProcess, process_env, redis_client, wait_until
+from tests.harness import REDIS_TEST_URL, ROOT, WorkerProcess, free_port, process_env, redis_client, wait_until
 
 GRAFANA = ROOT / "ops" / "grafana"
 RULES = ROOT / "ops" / "prometheus" / "alerts.yml"
@@ -75,12 +74,6 @@ def test_the_alert_rules_are_valid() -> None:
 def test_the_alert_rules_pass_their_unit_tests() -> None:
     result = promtool("test", "rules", str(RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Prometheus:

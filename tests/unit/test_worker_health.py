@@ -22,13 +22,7 @@ from middleware.error_classification import FatalError
 from middleware.job_status import JobStatus, report_progress
 from middleware.retries import Retries
 from middleware.worker_health import WorkerHealth, list_worker_heartbeats, worker_heartbeats
-from tests.harness import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.harness import free_port, wait_until
 
 
 def healthz(port: int) -> tuple[int, dict]:
