@@ -42,14 +42,23 @@ def postgres_url() -> Iterator[str]:
     harness.drop_postgres_database(name)
 
 
-@pytest.fixture
-def own_postgres_url() -> Iterator[str]:
-    """A PostgreSQL database of this test's own, migrated: for tests that judge every row in it
-    (worker health), or that must not share it with other tests' leftovers."""
-    name = f"rj_own_{uuid.uuid4().hex[:10]}"
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A migrated database that nothing connects to, copied for each test that needs its own."""
+    name = f"rj_template_{os.getpid()}"
     url = harness.create_postgres_database(name)
     result = harness.run_ops({"DATABASE_URL": url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade")
     assert result.returncode == 0, result.stderr
+    yield name
+    harness.drop_postgres_database(name)
+
+
+@pytest.fixture
+def own_postgres_url(postgres_template: str) -> Iterator[str]:
+    """A migrated PostgreSQL database of this test's own, so no other test's rows (stale workers,
+    dead letters, stalled jobs) are in what it judges."""
+    name = f"rj_own_{uuid.uuid4().hex[:10]}"
+    url = harness.create_postgres_database(name, template=postgres_template)
     yield url
     harness.drop_postgres_database(name)
 
@@ -89,4 +98,5 @@ def broker_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+    """A database of this test's own: SQLite in its temporary directory, or a PostgreSQL copy."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "own_postgres_url")

@@ -169,11 +169,13 @@ def delete_redis_namespace(namespace: str) -> None:
         client.delete(*keys)
 
 
-def create_postgres_database(name: str) -> str:
+def create_postgres_database(name: str, *, template: str | None = None) -> str:
+    """An empty database, or a copy of ``template`` (a file copy: far faster than migrating)."""
     engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        copy = f' TEMPLATE "{template}"' if template else ""
+        connection.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     engine.dispose()
     return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
 

@@ -19,11 +19,7 @@ STALE_AFTER_MS = 3_000  # generous: on a loaded 2-core machine a 200 ms beat can
 
 
 @pytest.fixture
-def env(broker_env: dict[str, str], database_url: str, request: pytest.FixtureRequest) -> dict[str, str]:
-    if database_url.startswith("postgresql"):
-        # Health judges every worker row in the database: not the session's shared one, where
-        # other tests' killed workers are rightly stale.
-        database_url = request.getfixturevalue("own_postgres_url")
+def env(broker_env: dict[str, str], database_url: str) -> dict[str, str]:
     return {**broker_env, "DATABASE_URL": database_url, "WORKER_HEARTBEAT_INTERVAL_MS": "200",
             "WORKER_STALE_AFTER_MS": str(STALE_AFTER_MS), "WORKER_HEALTH_PORT": str(free_port())}  # fmt: skip
 

@@ -43,13 +43,13 @@ def forget_in_redis(namespace: str, queue: str) -> int:
 
 
 def test_a_stalled_job_whose_message_was_lost_is_handed_back_from_its_checkpoint(
-    postgres_url: str, redis_namespace: str, tmp_path: Path
+    own_postgres_url: str, redis_namespace: str, tmp_path: Path
 ) -> None:
     env = {
-        "DATABASE_URL": postgres_url, "BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace,
+        "DATABASE_URL": own_postgres_url, "BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace,
         "STATE_DIR": str(tmp_path), "STALLED_JOB_AFTER_MS": "1000",
     }  # fmt: skip
-    engine = create_engine(postgres_url)
+    engine = create_engine(own_postgres_url)
     release = tmp_path / "release"
     first = WorkerProcess(env, queues=[STALLED_QUEUE], threads=2, log_path=tmp_path / "first.log",
                           modules=("tests.schedules",))  # fmt: skip
