@@ -38,6 +38,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
 from middleware.metrics import count_recovery_requeues
+from middleware.processes import process_alive
 
 logger = logging.getLogger("middleware.heartbeats.WorkerHeartbeats")
 
@@ -168,7 +169,7 @@ class HeartbeatKeeper:
             host, pid, master_pid = identity.decode().rsplit(":", 2)
             if host != self.host or int(master_pid) != self.master_pid:
                 continue  # another master's worker: its own keeper beats for it
-            if _process_alive(int(pid)):
+            if process_alive(int(pid)):
                 alive[broker_id] = now_ms
             else:
                 dead.append(broker_id)
@@ -219,13 +220,3 @@ def run_keeper(broker: RedisBroker, *, interval_ms: int = DEFAULT_INTERVAL_MS, s
         except Exception:
             logger.exception("Heartbeat tick failed; trying again in %d ms.", interval_ms)
         time.sleep(max(0.0, interval_ms / 1000 - (time.monotonic() - started)))  # the beat's own cadence
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True

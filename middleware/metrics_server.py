@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import re
 import socket
 import threading
@@ -31,6 +30,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from middleware.processes import process_alive
 
 logger = logging.getLogger("middleware.metrics_server")
 
@@ -56,7 +57,7 @@ class LiveProcessesCollector:
     def dead_pids(self) -> set[int]:
         pids = {int(match.group(1)) for path in self.directory.glob("gauge_live*.db")
                 if (match := _PID_OF_FILE.search(path.name))}  # fmt: skip
-        return {pid for pid in pids if not _process_alive(pid)}
+        return {pid for pid in pids if not process_alive(pid)}
 
 
 class MetricsServer:
@@ -135,13 +136,3 @@ def _guarded(app: Any) -> Any:
             return [f"metrics unavailable: {type(error).__name__}: {error}\n".encode()]
 
     return guarded_app
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
