@@ -62,6 +62,9 @@ def test_a_job_holding_the_gil_far_longer_than_the_window_runs_exactly_once(
     assert len(starts(marker)) == 1, f"started {len(starts(marker))} times"
 
 
+# A minute of the suite's ten: run with the long chaos run (`pytest -m slow`). The GIL test above
+# already holds a worker far past the window in `make test`.
+@pytest.mark.slow
 @pytest.mark.parametrize(("broker_env", "database_url"), [("redis", "sqlite")], indirect=True)
 def test_a_60_s_job_runs_exactly_once(env: dict[str, str], workers: list[WorkerProcess], tmp_path: Path) -> None:
     marker = tmp_path / "sixty"
