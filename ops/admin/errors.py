@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 logger = logging.getLogger("ops.admin.errors")
 
 #: What Dramatiq's brokers raise when the broker cannot be reached (a requeue, reading queues).
-BROKER_ERRORS = (dramatiq.errors.ConnectionError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+BROKER_ERRORS = (dramatiq.errors.BrokerConnectionError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                  pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)  # fmt: skip
 
 
