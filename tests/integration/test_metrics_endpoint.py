@@ -47,8 +47,10 @@ def test_a_worker_whose_metrics_port_is_taken_stops_at_once_and_says_so(
     env: dict[str, str], taken_port: int, tmp_path: Path
 ) -> None:
     worker = WorkerProcess({**env, "METRICS_PORT": str(taken_port)}, processes=2, log_path=tmp_path / "worker.log")
-    code = worker.process.wait(timeout=60)
-    worker.stop()
+    try:
+        code = worker.process.wait(timeout=60)
+    finally:
+        worker.stop()  # on a timeout too: its worker processes must not outlive the test
     assert code == 2
     assert f"cannot serve metrics on 127.0.0.1:{taken_port}: the port is taken by another program" in worker.log()
     assert "Worker process is ready for action" not in worker.log(), "no message was taken"
