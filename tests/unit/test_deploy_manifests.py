@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from actors.settings import Settings
+from ops.worker_profiles import LONG_JOBS
 
 DEPLOY = Path(__file__).resolve().parents[2] / "ops" / "deploy"
 
@@ -52,6 +53,14 @@ def test_each_worker_has_a_liveness_probe_on_its_health_port(settings: Settings,
     assert container["command"][container["command"].index("--processes") + 1] == "1"
     assert settings.worker_health_bind == "0.0.0.0", "the kubelet probes the pod's address, not its loopback"
     assert probe["failureThreshold"] * probe["periodSeconds"] >= 60, "a healthy job may hold the GIL for seconds"
+
+
+@pytest.mark.parametrize("queue", ["transcription", "transcription-large"])
+def test_transcription_workers_use_the_long_jobs_prefetch(queue: str) -> None:
+    [deployment] = documents(f"workers-{queue}.yaml")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    environment = {variable["name"]: variable["value"] for variable in container.get("env", [])}
+    assert {**environment, **LONG_JOBS.environment()} == environment
 
 
 def test_the_systemd_unit_waits_longer_than_its_workers_grace(settings: Settings) -> None:
