@@ -31,13 +31,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     harness.delete_redis_namespace(os.environ["REDIS_NAMESPACE"])
 
 
+def migrate(url: str) -> None:
+    """Bring a test database to the newest schema, as an operator would."""
+    result = harness.run_ops({"DATABASE_URL": url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL database of this test session's own, migrated, dropped at the end."""
     name = f"rj_test_{os.getpid()}"
     url = harness.create_postgres_database(name)
-    result = harness.run_ops({"DATABASE_URL": url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade")
-    assert result.returncode == 0, result.stderr
+    migrate(url)
     yield url
     harness.drop_postgres_database(name)
 
@@ -47,8 +52,7 @@ def postgres_template() -> Iterator[str]:
     """A migrated database that nothing connects to, copied for each test that needs its own."""
     name = f"rj_template_{os.getpid()}"
     url = harness.create_postgres_database(name)
-    result = harness.run_ops({"DATABASE_URL": url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade")
-    assert result.returncode == 0, result.stderr
+    migrate(url)
     yield name
     harness.drop_postgres_database(name)
 
@@ -81,8 +85,7 @@ def rabbitmq_url() -> Iterator[str]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    result = harness.run_ops({"DATABASE_URL": url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade")
-    assert result.returncode == 0, result.stderr
+    migrate(url)
     return url
 
 
