@@ -34,11 +34,10 @@ from typing import Any
 
 import dramatiq
 from dramatiq.common import q_name
-from dramatiq.middleware import Middleware, Shutdown, TimeLimitExceeded
+from dramatiq.middleware import Middleware
 from sqlalchemy import JSON, Boolean, Column, Connection, DateTime, Index, Integer, String, Table, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from middleware.checkpoints import HandBack
 from middleware.database import Database, metadata, upsert
 from middleware.failure_decision import current_failure
 from middleware.job_status import job_status
@@ -83,10 +82,6 @@ worker_heartbeats = Table(
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
     Index("ix_worker_heartbeats_heartbeat_at", "heartbeat_at"),
 )
-
-#: Exceptions after which Retries hands a message back without spending an attempt.
-_INTERRUPTIONS = (Shutdown, TimeLimitExceeded, HandBack)
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -247,8 +242,10 @@ class WorkerHealth(Middleware):
     ) -> None:
         if exception is None:
             self._counters.finished(failed=message.failed)
-        elif current_failure.get() is None and isinstance(exception, _INTERRUPTIONS):
-            self._counters.finished(failed=None)  # handed back by Retries: it runs again, nothing failed
+        elif current_failure.get() is None:
+            # Handed back by Retries (a deploy, a time limit, a hand-back, a database outage): it
+            # publishes no failure decision for those. It runs again; nothing failed.
+            self._counters.finished(failed=None)
         else:
             self._counters.finished(failed=True)
 
