@@ -6,7 +6,7 @@ The vocabulary is part of the API (tests assert it exactly):
     job.success        duration_ms, attempt
     job.retry          delay_ms, error, fatal (false), attempt
     job.failed         error, fatal, will_retry, attempt, max_attempts, duration_ms
-    job.interrupted    reason (Shutdown or TimeLimitExceeded: handed back, no attempt spent)
+    job.interrupted    reason (Shutdown, TimeLimitExceeded, HandBack, DatabaseUnavailable): handed back, no attempt
     job.dead_lettered  kind (fatal, retryable or poison), error, dead_letter_id
     checkpoint.saved   position
     checkpoint.resumed position
