@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -20,7 +18,7 @@ from dramatiq.middleware import (
 
 from actors import heartbeat_fork, metrics_fork
 from actors.embedded_redis import ensure_embedded_redis
-from actors.observability import serves_metrics
+from actors.observability import package_version, serves_metrics
 from actors.redis_broker import RedisBroker
 from actors.schema import schema_problem
 from actors.settings import Settings
@@ -107,10 +105,7 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
 
 
 def _version() -> str:
-    try:
-        return package_version("resilient-jobs")
-    except PackageNotFoundError:  # running from a checkout that was never installed
-        return "unknown"
+    return package_version() or "unknown"
 
 
 def build_broker(settings: Settings, database: Database) -> dramatiq.Broker:

@@ -61,8 +61,14 @@ def metrics_directory_in_use() -> Path | None:
     return _metrics_directory
 
 
-def _release() -> str | None:
+def package_version() -> str | None:
+    """This project's installed version; None in a checkout that was never installed."""
     try:
-        return f"resilient-jobs@{version('resilient-jobs')}"
-    except PackageNotFoundError:  # a checkout that was never installed
+        return version("resilient-jobs")
+    except PackageNotFoundError:
         return None
+
+
+def _release() -> str | None:
+    installed = package_version()
+    return f"resilient-jobs@{installed}" if installed else None

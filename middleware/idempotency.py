@@ -20,7 +20,7 @@ from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 from sqlalchemy import Column, Connection, DateTime, String, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from middleware.database import Database, metadata
+from middleware.database import Database, as_utc, metadata
 from middleware.job_status import COMPLETED, FAILED, job_status
 
 logger = logging.getLogger("middleware.idempotency.Idempotency")
@@ -93,7 +93,7 @@ class Idempotency(Middleware):
         holder_status = connection.scalar(
             select(job_status.c.status).where(job_status.c.message_id == holder.message_id)
         )
-        if _aware(holder.expires_at) > now and holder_status != FAILED:
+        if as_utc(holder.expires_at) > now and holder_status != FAILED:
             raise DuplicateJob(key, holder.message_id)
         taken = connection.execute(
             update(idempotency_keys)
@@ -122,8 +122,3 @@ def purge_expired_keys(database: Database) -> int:
     with database.transaction() as connection:
         statement = delete(idempotency_keys).where(idempotency_keys.c.expires_at < datetime.now(UTC))
         return connection.execute(statement).rowcount
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

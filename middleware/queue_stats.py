@@ -36,7 +36,7 @@ from dramatiq.common import dq_name, q_name, xq_name
 from dramatiq.errors import BrokerConnectionError, DecodeError
 from sqlalchemy import exists, func, select
 
-from middleware.database import Database
+from middleware.database import Database, as_utc
 from middleware.dead_letters import dead_letters
 from middleware.job_status import QUEUED, job_status
 from middleware.worker_health import DEFAULT_STALE_AFTER_MS, list_worker_heartbeats
@@ -218,8 +218,5 @@ def _oldest_queued(database: Database, names: list[str]) -> dict[str, datetime]:
 
 
 def _age_s(now: datetime, since: datetime | None) -> float | None:
-    if since is None:
-        return None
-    if since.tzinfo is None:  # SQLite returns naive datetimes; every one written here is UTC
-        since = since.replace(tzinfo=UTC)
-    return max(0.0, (now - since).total_seconds())
+    since = as_utc(since)
+    return None if since is None else max(0.0, (now - since).total_seconds())

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Column, DateTime, String, Table, Text, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from middleware.database import Database, metadata
+from middleware.database import Database, as_utc, metadata
 from middleware.job_status import job_status
 
 #: What happened to a tick: its message was enqueued; another fire had already enqueued it (its
@@ -99,10 +99,3 @@ def _states(database: Database, *, entry: str | None = None) -> dict[str, dict[s
         for name in ("last_scheduled_for", "last_fired_at", "last_job_finished_at"):
             row[name] = as_utc(row[name])
     return {row["entry"]: row for row in rows}
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    if moment is None:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

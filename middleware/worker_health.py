@@ -38,7 +38,7 @@ from dramatiq.middleware import Middleware
 from sqlalchemy import JSON, Boolean, Column, Connection, DateTime, Index, Integer, String, Table, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from middleware.database import Database, metadata, upsert
+from middleware.database import Database, as_utc, metadata, upsert
 from middleware.failure_decision import current_failure
 from middleware.job_status import job_status
 from middleware.liveness_probe import LivenessServer, ProbePortTaken, process_index
@@ -82,6 +82,7 @@ worker_heartbeats = Table(
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
     Index("ix_worker_heartbeats_heartbeat_at", "heartbeat_at"),
 )
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -333,13 +334,6 @@ def list_worker_heartbeats(database: Database) -> list[dict[str, Any]]:
         for name in ("started_at", "last_job_finished_at", "last_success_at", "heartbeat_at"):
             row[name] = as_utc(row[name])
     return rows
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; every datetime written here is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 class _BeatLoop(threading.Thread):

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
+from middleware.database import as_utc
 from middleware.dead_letters import KINDS
 from middleware.job_status import STATUSES
 from ops.durations import moment
@@ -24,17 +25,12 @@ def _storable(text: str) -> str:
     return text
 
 
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 _NO_NUL = r"^[^\x00]*$"
 #: A name as stored (queue, actor, person): 1..255 characters, no NUL.
 Name = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NO_NUL), AfterValidator(_storable)]
 MessageId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO_NUL), AfterValidator(_storable)]
 Notes = Annotated[str, StringConstraints(max_length=10_000, pattern=_NO_NUL), AfterValidator(_storable)]
-Utc = Annotated[datetime, AfterValidator(_utc)]
+Utc = Annotated[datetime, AfterValidator(as_utc)]
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 #: Row ids are 64-bit in PostgreSQL.
