@@ -1,6 +1,7 @@
 """The full stack: the project's broker and middleware (``actors/broker.py``), and the benchmark's jobs.
 
     dramatiq bench.stack_actors --queues bench
+    BENCH_WITHOUT=JobStatus,JobLogs dramatiq bench.stack_actors --queues bench   # ablation
 
 Importing ``actors`` configures this process exactly as ``dramatiq actors`` does, from the same
 settings; the benchmark's jobs are then declared on that broker, plus a checkpointed job that
@@ -10,6 +11,7 @@ times its own checkpoint writes.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 
@@ -22,6 +24,10 @@ from bench.jobs import QUEUE, hold, noop, sleep_ms
 from middleware.checkpoints import current_checkpoint
 
 broker = actors.broker
+
+# Ablation: BENCH_WITHOUT=JobStatus,JobLogs runs the stack without the named middleware (what each costs).
+_without = {name for name in os.environ.get("BENCH_WITHOUT", "").split(",") if name}
+broker.middleware[:] = [middleware for middleware in broker.middleware if type(middleware).__name__ not in _without]
 
 
 @dramatiq.actor(queue_name=QUEUE, checkpointed=True, max_retries=0)

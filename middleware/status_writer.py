@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from middleware.database import Database
 from middleware.group_commit import Write
+from middleware.sqlite_write_lock import SqliteWriteLock
 
 ENQUEUE, START, FINISH = "enqueue", "start", "finish"
 
@@ -70,6 +71,8 @@ class StatusWriter:
         self._lock = threading.Lock()  # transactions are serialized by the group commit; this guards connecting
         self._connection: Any = None
         self._pid: int | None = None
+        path = database.engine.url.database if database.engine.dialect.name == "sqlite" else None
+        self._write_lock = SqliteWriteLock(path) if path and path != ":memory:" else None
 
     @contextmanager
     def transaction(self) -> Iterator[_Cursor]:
@@ -77,10 +80,11 @@ class StatusWriter:
         dialect = self.database.engine.dialect
         cursor = _Cursor(connection.cursor(), postgresql=dialect.name == "postgresql")
         try:
-            if not cursor.postgresql:
-                cursor.raw.execute("BEGIN IMMEDIATE")  # take the write lock now, as the engine's transactions do
-            yield cursor
-            connection.commit()
+            with self._write_lock.held() if self._write_lock is not None else nullcontext():
+                if not cursor.postgresql:
+                    cursor.raw.execute("BEGIN IMMEDIATE")  # take the write lock now, as the engine's transactions do
+                yield cursor
+                connection.commit()
         except dialect.loaded_dbapi.Error as error:
             self._rollback_or_discard(connection)
             raise DBAPIError.instance(None, None, error, dialect.loaded_dbapi.Error) from error
@@ -172,9 +176,10 @@ class _Cursor:
     def _values(self, values: Sequence[Any]) -> tuple:
         if self.postgresql:
             return tuple(values)
-        # SQLAlchemy's SQLite DateTime stores "YYYY-MM-DD HH:MM:SS.ffffff" (UTC, no offset): the same here.
-        return tuple(value.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(value, datetime) else value
-                     for value in values)  # fmt: skip
+        # SQLAlchemy's SQLite DateTime stores "YYYY-MM-DD HH:MM:SS.ffffff" (UTC, no offset): the same here,
+        # by isoformat (a tenth of strftime's cost, which was a fifth of a status write's CPU).
+        return tuple(value.replace(tzinfo=None).isoformat(" ", "microseconds") if isinstance(value, datetime)
+                     else value for value in values)  # fmt: skip
 
 
 @cache

@@ -1,0 +1,76 @@
+"""Where the JSON job lines go in a worker: straight to file descriptor 2, one write a line, no lock."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+
+from middleware.job_logs import EVENTS_LOGGER, JsonEventFormatter, StandardErrorHandler, configure_job_logs, log_event
+
+
+@pytest.fixture
+def standard_error_logs() -> Iterator[StandardErrorHandler]:
+    """The events logger as a worker has it (``configure_job_logs()``), restored afterwards."""
+    logger = logging.getLogger(EVENTS_LOGGER)
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    logger.handlers = []
+    configure_job_logs()
+    (handler,) = logger.handlers
+    assert isinstance(handler, StandardErrorHandler)
+    yield handler
+    logger.handlers, logger.level, logger.propagate = saved
+
+
+@pytest.fixture
+def message() -> dramatiq.Message:
+    broker = StubBroker()
+
+    @dramatiq.actor(broker=broker, queue_name="audio")
+    def transcribe() -> None:
+        pass
+
+    return transcribe.message()
+
+
+def test_an_event_is_one_json_line_on_standard_error(standard_error_logs, message, capfd) -> None:
+    log_event("job.start", message, attempt=1)
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) == 1
+    event = json.loads(lines[0])
+    assert event == {"event": "job.start", "message_id": message.message_id, "actor": "transcribe", "queue": "audio",
+                     "attempt": 1, "timestamp": event["timestamp"]}  # fmt: skip
+    assert event["timestamp"].endswith("+00:00") and len(event["timestamp"]) == len("2026-01-01T00:00:00.000+00:00")
+
+
+def test_a_thread_holding_the_handler_lock_does_not_stop_other_threads_logging(
+    standard_error_logs, message, capfd
+) -> None:
+    finished = threading.Event()
+
+    def log_in_another_thread() -> None:
+        log_event("job.success", message, duration_ms=3, attempt=1)
+        finished.set()
+
+    with standard_error_logs.lock:  # logging.Handler.handle would wait for this lock
+        thread = threading.Thread(target=log_in_another_thread)
+        thread.start()
+        assert finished.wait(timeout=10), "the event waited for the handler's lock"
+    thread.join()
+    assert json.loads(capfd.readouterr().err)["event"] == "job.success"
+
+
+def test_another_handler_on_the_events_logger_sees_every_event_too(standard_error_logs, message, capfd) -> None:
+    stream = io.StringIO()
+    extra = logging.StreamHandler(stream)
+    extra.setFormatter(JsonEventFormatter())
+    logging.getLogger(EVENTS_LOGGER).addHandler(extra)
+    log_event("checkpoint.saved", message, position=4)
+    from_stderr, from_extra = json.loads(capfd.readouterr().err), json.loads(stream.getvalue())
+    assert from_stderr == from_extra and from_extra["position"] == 4
