@@ -64,7 +64,8 @@ def render(
     if recovery:
         took = _cell(results, "recovery_s", SQLITE, " s", 1)
         lines += ["", f"Crash recovery (Redis, SIGKILL of the worker running a job, another worker idle, the default "
-                      f"5 s liveness window): the job started again after {took} ({len(recovery)} runs)."]  # fmt: skip
+                      f"liveness window, REDIS_HEARTBEAT_TIMEOUT_MS): the job started again after {took} "
+                      f"({len(recovery)} runs)."]  # fmt: skip
     if peer_versions:
         lines += ["", "Peers: " + ", ".join(f"{name} {version}" for name, version in sorted(peer_versions.items()))]
     lines += ["", "| target | result | |", "| --- | --- | --- |", *_targets(results, settings)]

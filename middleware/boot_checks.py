@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import dramatiq
 from dramatiq.middleware import Middleware
@@ -27,6 +28,14 @@ class TransientBootProblem(Exception):
     """A check could not run because a service is unreachable; a restart may succeed."""
 
 
+def stop_worker_boot(problem: str, *, code: int = EXIT_BAD_START, status: str = "cannot start") -> NoReturn:
+    """End a worker process at boot: the problem as a CRITICAL log line and on standard error, then
+    ``code``. SystemExit is not an Exception, so Dramatiq's hook runner does not swallow it."""
+    logger.critical("Worker %s: %s", status, problem)
+    print(f"error: worker {status}: {problem}", file=sys.stderr, flush=True)
+    raise SystemExit(code) from None
+
+
 class BootChecks(Middleware):
     def __init__(self, *, checks: Sequence[Callable[[], str | None]]) -> None:
         self.checks = list(checks)
@@ -36,11 +45,6 @@ class BootChecks(Middleware):
             try:
                 problem = check()
             except TransientBootProblem as error:
-                logger.critical("Worker cannot start yet: %s", error)
-                print(f"error: worker cannot start yet: {error}", file=sys.stderr, flush=True)
-                raise SystemExit(EXIT_CONNECTION_FAILED) from None
+                stop_worker_boot(str(error), code=EXIT_CONNECTION_FAILED, status="cannot start yet")
             if problem is not None:
-                logger.critical("Worker cannot start: %s", problem)
-                print(f"error: worker cannot start: {problem}", file=sys.stderr, flush=True)
-                # SystemExit is not an Exception, so Dramatiq's hook runner does not swallow it.
-                raise SystemExit(EXIT_BAD_START)
+                stop_worker_boot(problem)

@@ -19,7 +19,6 @@ five times. Here:
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -34,7 +33,14 @@ from sentry_sdk.integrations.logging import LoggingIntegration, ignore_logger
 from middleware.dead_letters import kind_of, message_payload
 from middleware.failure_decision import current_failure
 from middleware.job_logs import EVENTS_LOGGER, attempt_of
-from middleware.redaction import redact, redact_message, scrub, scrub_deep, sensitive_values
+from middleware.redaction import (
+    positional_parameter_names,
+    redact,
+    redact_message,
+    scrub,
+    scrub_deep,
+    sensitive_values,
+)
 
 logger = logging.getLogger("middleware.error_reporting.ErrorReporting")
 
@@ -126,9 +132,9 @@ def report_final_failure(
     kind = kind_of(exception)
     attempt = decision.attempt if decision is not None else attempt_of(message)
     queue = q_name(message.queue_name)
-    parameters = _positional_parameter_names(broker, message.actor_name)
+    parameters = positional_parameter_names(broker, message.actor_name)
     payload = message_payload(message)
-    values = _sensitive_values_of(broker, message, sensitive_fields)
+    values = sensitive_values(payload, sensitive_fields, parameter_names=parameters)
     with sentry_sdk.new_scope() as scope:
         for name, value in (("error_kind", kind), ("actor", message.actor_name), ("queue", queue),
                             ("attempt", attempt), ("message_id", message.message_id)):  # fmt: skip
@@ -176,14 +182,5 @@ def _redact_breadcrumb(
 
 
 def _sensitive_values_of(broker: dramatiq.Broker, message: dramatiq.Message, fields: Collection[str]) -> set[str]:
-    parameters = _positional_parameter_names(broker, message.actor_name)
+    parameters = positional_parameter_names(broker, message.actor_name)
     return sensitive_values(message_payload(message), fields, parameter_names=parameters)
-
-
-def _positional_parameter_names(broker: dramatiq.Broker, actor_name: str) -> list[str]:
-    try:
-        actor = broker.get_actor(actor_name)
-    except dramatiq.errors.ActorNotFound:
-        return []
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return [name for name, parameter in inspect.signature(actor.fn).parameters.items() if parameter.kind in kinds]

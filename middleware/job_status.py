@@ -45,9 +45,8 @@ from middleware.status_writer import (
     FINISH,
     START,
     StatusWriter,
-    enqueue_values,
     finish_values,
-    start_values,
+    row_values,
 )
 
 logger = logging.getLogger("middleware.job_status.JobStatus")
@@ -103,7 +102,7 @@ class JobStatus(Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         now = _now()
-        unfinished = self._writes.run(Write(START, start_values(
+        unfinished = self._writes.run(Write(START, row_values(
             message.message_id, message.actor_name, q_name(message.queue_name), PROCESSING, now,
         )))  # fmt: skip
         if is_poison(unfinished - 1, max_deliveries=self.max_deliveries):
@@ -145,7 +144,7 @@ class JobStatus(Middleware):
 
 def _enqueue_write(message: dramatiq.Message, now: datetime) -> Write:
     """The ``queued`` row of a message just enqueued (a re-enqueue leaves an existing row alone)."""
-    values = enqueue_values(message.message_id, message.actor_name, q_name(message.queue_name), QUEUED, now)
+    values = row_values(message.message_id, message.actor_name, q_name(message.queue_name), QUEUED, now)
     return Write(ENQUEUE, values)
 
 

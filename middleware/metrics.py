@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +31,7 @@ from dramatiq.common import current_millis, q_name
 from dramatiq.middleware import CurrentMessage, Middleware, TimeLimitExceeded
 from prometheus_client import Counter, Gauge, Histogram
 
+from middleware.boot_checks import stop_worker_boot
 from middleware.dead_letters import KINDS, kind_of
 from middleware.failure_decision import current_failure
 from middleware.job_logs import add_event_listener
@@ -39,7 +39,6 @@ from middleware.routing import RoutedActor, large_queue_name
 
 logger = logging.getLogger("middleware.metrics.Metrics")
 
-EXIT_BAD_START = 2
 ENQUEUED_AT_OPTION = "enqueued_at_ms"
 
 HOUR_S = 3600
@@ -175,9 +174,7 @@ class Metrics(Middleware):
         try:
             check_port_free(self.bind, self.port)
         except (MetricsPortTaken, OSError) as error:
-            logger.critical("Worker cannot start: %s", error)
-            print(f"error: worker cannot start: {error}", file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_BAD_START) from None  # not an Exception: Dramatiq's hook runner lets it through
+            stop_worker_boot(str(error))
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         initialize_counters(broker)

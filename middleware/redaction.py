@@ -13,8 +13,12 @@ sensitive keys, and :func:`scrub` replaces them in such text.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
+
+import dramatiq
+from dramatiq.errors import ActorNotFound
 
 REDACTED = "[redacted]"
 
@@ -104,3 +108,15 @@ def redact_message(
         if part in payload:
             redacted[part] = redact(payload[part], sensitive_fields)
     return redacted
+
+
+def positional_parameter_names(broker: dramatiq.Broker, actor_name: str) -> tuple[str, ...]:
+    """The actor's positional parameter names, so positional arguments can be redacted by name
+    (none for an actor this process does not know)."""
+    try:
+        function = broker.get_actor(actor_name).fn
+    except ActorNotFound:
+        return ()
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(parameter.name for parameter in inspect.signature(function).parameters.values()
+                 if parameter.kind in kinds)  # fmt: skip

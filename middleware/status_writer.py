@@ -50,11 +50,8 @@ _FINISH_SQL = (
 )
 
 
-def enqueue_values(message_id: str, actor_name: str, queue_name: str, status: str, now: datetime) -> tuple:
-    return (message_id, actor_name, queue_name, status, now, now)
-
-
-def start_values(message_id: str, actor_name: str, queue_name: str, status: str, now: datetime) -> tuple:
+def row_values(message_id: str, actor_name: str, queue_name: str, status: str, now: datetime) -> tuple:
+    """The values of an ENQUEUE or a START write (``now`` is both its event's time and ``updated_at``)."""
     return (message_id, actor_name, queue_name, status, now, now)
 
 
@@ -75,8 +72,9 @@ class StatusWriter:
         self._write_lock = SqliteWriteLock(path) if path and path != ":memory:" else None
 
     @contextmanager
-    def transaction(self) -> Iterator[_Cursor]:
-        connection = self._connect()
+    def transaction(self, connection: Any = None) -> Iterator[_Cursor]:
+        """A cursor in a transaction on ``connection`` (by default this process's status connection)."""
+        connection = connection if connection is not None else self._connect()
         dialect = self.database.engine.dialect
         cursor = _Cursor(connection.cursor(), postgresql=dialect.name == "postgresql")
         try:
@@ -101,7 +99,7 @@ class StatusWriter:
         for attempt in (1, 2):
             connection = self._connect()
             try:
-                with self.transaction() as cursor:
+                with self.transaction(connection) as cursor:
                     self.apply(cursor, writes)
                 return
             except DBAPIError:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -38,6 +37,7 @@ from dramatiq.middleware import Middleware
 from sqlalchemy import JSON, Boolean, Column, Connection, DateTime, Index, Integer, String, Table, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from middleware.boot_checks import stop_worker_boot
 from middleware.database import Database, as_utc, metadata, upsert
 from middleware.failure_decision import current_failure
 from middleware.job_status import job_status
@@ -49,7 +49,6 @@ DEFAULT_INTERVAL_MS = 5_000
 DEFAULT_STALE_AFTER_MS = 30_000
 DEFAULT_FORGET_AFTER_MS = 600_000
 DEFAULT_FAILURE_WINDOW_MS = 600_000
-EXIT_BAD_START = 2  # the dramatiq CLI's code for a bad start: not restarted by `python -m ops workers`
 
 worker_heartbeats = Table(
     "worker_heartbeats",
@@ -201,11 +200,8 @@ class WorkerHealth(Middleware):
             try:
                 self._probe = LivenessServer(self.liveness, bind=self.probe_bind, port=port)
             except ProbePortTaken as error:
-                advice = "free the port, or set WORKER_HEALTH_PORT to a free one (0 turns the probe off)"
-                logger.critical("Worker cannot start: %s; %s.", error, advice)
-                print(f"error: worker cannot start: {error}; {advice}.", file=sys.stderr, flush=True)
-                # SystemExit is not an Exception, so Dramatiq's hook runner does not swallow it.
-                raise SystemExit(EXIT_BAD_START) from None
+                stop_worker_boot(f"{error}; free the port, or set WORKER_HEALTH_PORT to a free one (0 turns the "
+                                 "probe off).")  # fmt: skip
             self._probe.start()
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:

@@ -8,14 +8,12 @@ sends it with each of its requests). The operations are those of ``python -m ops
 
 # No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations at run
 # time, and the bulk-requeue body is a model built inside create_app.
-import inspect
 import json
 import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import dramatiq
-from dramatiq.errors import ActorNotFound
 from fastapi import Body, Depends, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -26,7 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from actors.system import System
 from middleware import dead_letter_store as store
 from middleware import job_status
-from middleware.redaction import redact, redact_message, scrub, scrub_deep, sensitive_values
+from middleware.redaction import (
+    positional_parameter_names,
+    redact,
+    redact_message,
+    scrub,
+    scrub_deep,
+    sensitive_values,
+)
 from ops.admin import schemas
 from ops.admin.errors import ApiError, error_responses, install_error_handlers
 from ops.admin.rate_limit import RequeueLimiter
@@ -261,7 +266,7 @@ def _shown(row: dict[str, Any], broker: dramatiq.Broker, sensitive: tuple[str, .
         shown_message = {store.MALFORMED_BODY: _redacted_text(message[store.MALFORMED_BODY], sensitive)}
         values: set[str] = set()
     else:
-        parameter_names = _parameters(broker, row["actor_name"])
+        parameter_names = positional_parameter_names(broker, row["actor_name"])
         values = sensitive_values(message, sensitive, parameter_names=parameter_names)
         shown_message = scrub_deep(redact_message(message, sensitive, parameter_names=parameter_names), values)
         if isinstance(shown_message.get("options"), dict):  # the final traceback is the row's own, shown once
@@ -283,17 +288,6 @@ def _redacted_text(text: str, sensitive: tuple[str, ...]) -> str:
     except ValueError:
         return text
     return json.dumps(redact(parsed, sensitive))
-
-
-def _parameters(broker: dramatiq.Broker, actor_name: str) -> tuple[str, ...]:
-    """The actor's positional parameter names, so positional arguments can be redacted by name."""
-    try:
-        function = broker.get_actor(actor_name).fn
-    except ActorNotFound:
-        return ()
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return tuple(parameter.name for parameter in inspect.signature(function).parameters.values()
-                 if parameter.kind in kinds)  # fmt: skip
 
 
 def _add_dashboard(app: FastAPI) -> None:

@@ -84,3 +84,27 @@ def test_a_single_write_raises_its_error() -> None:
     with pytest.raises(ValueError, match="13 is refused"):
         group.run(Write("double", {"value": 13}))
     assert group.run(Write("double", {"value": 21})) == 42
+
+
+def test_after_a_flush_the_longest_waiting_caller_flushes_everything_pending() -> None:
+    recorder = Recorder()
+    flushers: list[str] = []
+    commit = recorder.commit
+
+    def commit_and_record_who(writes: Sequence[Write]) -> None:
+        flushers.append(threading.current_thread().name)
+        commit(writes)
+
+    group = GroupCommit(commit=commit_and_record_who)
+    _, [first] = run_in_threads(group, [1])
+    recorder.first_started.wait(timeout=10)
+    waiting = []
+    for value in (2, 3, 4):  # one at a time, so the order they wait in is known
+        _, [thread] = run_in_threads(group, [value])
+        wait_until(lambda: len(group._waiting) == value - 1, timeout_s=10, what=f"write {value} waiting")
+        waiting.append(thread)
+    recorder.hold_first.set()
+    for thread in [first, *waiting]:
+        thread.join(timeout=10)
+    assert recorder.batches == [[1], [2, 3, 4]]
+    assert flushers == [first.name, waiting[0].name], "the first caller to wait is the one handed the next flush"

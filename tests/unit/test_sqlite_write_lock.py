@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from middleware.database import Database
 from middleware.group_commit import Write
 from middleware.job_status import get_job
-from middleware.status_writer import ENQUEUE, StatusWriter, enqueue_values
+from middleware.status_writer import ENQUEUE, StatusWriter, row_values
 
 HOLD_THE_LOCK = """
 import fcntl, os, sys
@@ -32,7 +32,7 @@ def test_a_status_write_waits_while_another_process_holds_the_lock_and_goes_on_o
         committed = threading.Event()
 
         def write() -> None:
-            writer.commit([Write(ENQUEUE, enqueue_values("m-1", "transcribe", "audio", "queued", datetime.now(UTC)))])
+            writer.commit([Write(ENQUEUE, row_values("m-1", "transcribe", "audio", "queued", datetime.now(UTC)))])
             committed.set()
 
         thread = threading.Thread(target=write)
