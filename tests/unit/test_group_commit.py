@@ -101,8 +101,8 @@ def test_after_a_flush_the_longest_waiting_caller_flushes_everything_pending() -
     waiting = []
     for value in (2, 3, 4):  # one at a time, so the order they wait in is known
         _, [thread] = run_in_threads(group, [value])
-        wait_until(lambda: len(group._waiting) == value - 1, timeout_s=10, what=f"write {value} waiting")
         waiting.append(thread)
+        wait_until(lambda: len(group._waiting) == len(waiting), timeout_s=10, what=f"write {value} waiting")
     recorder.hold_first.set()
     for thread in [first, *waiting]:
         thread.join(timeout=10)
