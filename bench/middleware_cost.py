@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _measure(args.jobs)
     finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the scratch SQLite file and the embedded state
         if database_name is not None:
             from actors.system import current_system
 
