@@ -24,6 +24,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from middleware.database import Database
@@ -68,7 +69,8 @@ class StatusWriter:
         self._lock = threading.Lock()  # transactions are serialized by the group commit; this guards connecting
         self._connection: Any = None
         self._pid: int | None = None
-        path = database.engine.url.database if database.engine.dialect.name == "sqlite" else None
+        url = make_url(database.url)  # the URL, not the engine: nothing is built before a worker forks
+        path = url.database if url.get_backend_name() == "sqlite" else None
         self._write_lock = SqliteWriteLock(path) if path and path != ":memory:" else None
 
     @contextmanager

@@ -38,22 +38,21 @@ def migrate(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A PostgreSQL database of this test session's own, migrated, dropped at the end."""
-    name = f"rj_test_{os.getpid()}"
-    url = harness.create_postgres_database(name)
-    migrate(url)
-    yield url
-    harness.drop_postgres_database(name)
-
-
-@pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
     """A migrated database that nothing connects to, copied for each test that needs its own."""
     name = f"rj_template_{os.getpid()}"
     url = harness.create_postgres_database(name)
     migrate(url)
     yield name
+    harness.drop_postgres_database(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_template: str) -> Iterator[str]:
+    """A migrated PostgreSQL database shared by this test session's tests, dropped at the end."""
+    name = f"rj_test_{os.getpid()}"
+    url = harness.create_postgres_database(name, template=postgres_template)
+    yield url
     harness.drop_postgres_database(name)
 
 
