@@ -9,7 +9,7 @@ and then its job stays ``processing`` for ever. The sweep:
    running checkpointed job updates its row with every checkpoint);
 2. leaves alone each one whose message the broker still holds, waiting, delayed, running or
    dead (Redis: the message hashes of the queue, its delay queue and its dead-letter queue, read
-   in one MULTI/EXEC so that a message moving between them is seen in one or the other);
+   once per sweep in one MULTI/EXEC, so that a message moving between them is seen in one or the other);
 3. hands back each remaining job that saved a checkpoint: the message saved with the checkpoint is
    enqueued again under the same message id, and its next delivery resumes after the checkpoint;
 4. marks the others ``failed`` as lost: with no checkpoint there is no message to run again.
@@ -58,12 +58,17 @@ class SweepReport:
 
 def sweep_stalled_jobs(broker: dramatiq.Broker, database: Database, *, stalled_after: timedelta) -> SweepReport:
     report = SweepReport()
+    held: dict[str, list[bytes]] = {}  # queue -> the bodies its hashes held, read once per sweep
     for row in _stale_processing_rows(database, older_than=stalled_after):
         report.examined += 1
         if not isinstance(broker, RedisBroker):
             report.unverified.append(row["message_id"])
             continue
-        if _broker_holds(broker, row["queue_name"], row["message_id"]):
+        if row["queue_name"] not in held:
+            held[row["queue_name"]] = _held_bodies(broker, row["queue_name"])
+        # Bodies are Dramatiq's compact JSON; a message id is a UUID, so a substring match is exact enough.
+        needle = row["message_id"].encode()
+        if any(needle in body for body in held[row["queue_name"]]):
             continue
         payload = _checkpoint_message(database, row["message_id"])
         if payload is None:
@@ -87,16 +92,14 @@ def _stale_processing_rows(database: Database, *, older_than: timedelta) -> list
         return [dict(row._mapping) for row in connection.execute(query)]
 
 
-def _broker_holds(broker: RedisBroker, queue_name: str, message_id: str) -> bool:
-    """Whether any of the queue's message hashes (ready and unacked, delayed, dead) holds the message."""
+def _held_bodies(broker: RedisBroker, queue_name: str) -> list[bytes]:
+    """Every body in the queue's message hashes (ready and unacked, delayed, dead), in one snapshot."""
     hashes = [f"{broker.namespace}:{name}.msgs" for name in (q_name(queue_name), dq_name(queue_name),
                                                               xq_name(queue_name))]  # fmt: skip
     pipeline = broker.client.pipeline(transaction=True)
     for key in hashes:
         pipeline.hvals(key)
-    needle = message_id.encode()
-    # Bodies are Dramatiq's compact JSON; a message id is a UUID, so a substring match is exact enough.
-    return any(needle in body for bodies in pipeline.execute() for body in bodies)
+    return [body for bodies in pipeline.execute() for body in bodies]
 
 
 def _checkpoint_message(database: Database, message_id: str) -> dict[str, Any] | None:
