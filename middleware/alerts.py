@@ -27,7 +27,7 @@ from middleware.database import Database
 from middleware.job_logs import emit_event
 from middleware.job_status import FAILED, job_status
 from middleware.queue_stats import QueueStats, queue_stats
-from middleware.worker_health import list_worker_heartbeats
+from middleware.worker_health import list_worker_heartbeats, queues_served
 
 JOBS_WAITING_WITHOUT_WORKER = "jobs_waiting_without_worker"
 FAILED_JOBS_ABOVE_THRESHOLD = "failed_jobs_above_threshold"
@@ -63,9 +63,7 @@ def evaluate_alerts(
     now: datetime,
 ) -> list[Alert]:
     """The alerts firing now, from queue stats, worker heartbeat rows and the recent failed-job count."""
-    fresh_after = now - timedelta(milliseconds=rules.stale_after_ms)
-    served = {queue for row in workers if row["heartbeat_at"] >= fresh_after and not row["stopping"]
-              for queue in row["queues"]}  # fmt: skip
+    served = queues_served(workers, stale_after_ms=rules.stale_after_ms, now=now)
     alerts = [
         Alert(JOBS_WAITING_WITHOUT_WORKER, stats.queue_name, stats.waiting, 0,
               f"{stats.waiting} job(s) wait on {stats.queue_name} and no live worker consumes it")
@@ -91,10 +89,10 @@ class AlertCheck:
 
 def check_alerts(broker: dramatiq.Broker, database: Database, *, rules: AlertRules) -> AlertCheck:
     now = datetime.now(UTC)
-    queues = queue_stats(broker, database, stale_after_ms=rules.stale_after_ms, now=now)
+    workers = list_worker_heartbeats(database)
+    queues = queue_stats(broker, database, stale_after_ms=rules.stale_after_ms, now=now, heartbeats=workers)
     alerts = evaluate_alerts(
-        queues, list_worker_heartbeats(database), failed_recently=failed_since(database, now - rules.failed_window),
-        rules=rules, now=now,
+        queues, workers, failed_recently=failed_since(database, now - rules.failed_window), rules=rules, now=now,
     )  # fmt: skip
     for alert in alerts:
         emit_event("alert.firing", level=logging.WARNING, **alert.to_dict())

@@ -22,6 +22,7 @@ from sqlalchemy import case, delete, func, select, update
 
 from middleware.database import Database
 from middleware.dead_letters import FATAL, KINDS, RETRYABLE, dead_letters, insert_dead_letter, message_payload
+from middleware.queue_stats import redis_queue_names
 
 logger = logging.getLogger("middleware.dead_letter_store")
 
@@ -211,9 +212,7 @@ def _redis_dead_letter_queues(broker: dramatiq.Broker) -> set[str]:
 
     if not isinstance(broker, RedisBroker):
         return set()
-    prefix, suffix = f"{broker.namespace}:", ".XQ.msgs"
-    keys = broker.client.scan_iter(match=f"{prefix}*{suffix}", count=1000)
-    return {key.decode()[len(prefix) : -len(suffix)] for key in keys}
+    return redis_queue_names(broker, suffix=".XQ.msgs")
 
 
 def _rabbitmq_dead_letters(broker, queue: str) -> Iterator[tuple[str, bytes]]:

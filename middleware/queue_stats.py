@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
@@ -39,7 +39,7 @@ from sqlalchemy import exists, func, select
 from middleware.database import Database, as_utc
 from middleware.dead_letters import dead_letters
 from middleware.job_status import QUEUED, job_status
-from middleware.worker_health import DEFAULT_STALE_AFTER_MS, list_worker_heartbeats
+from middleware.worker_health import DEFAULT_STALE_AFTER_MS, is_live, list_worker_heartbeats
 
 
 class BrokerUnavailable(Exception):
@@ -65,33 +65,36 @@ def queue_stats(
     *,
     stale_after_ms: int = DEFAULT_STALE_AFTER_MS,
     now: datetime | None = None,
+    heartbeats: list[dict[str, Any]] | None = None,
 ) -> list[QueueStats]:
     """Stats of every queue the broker declares, a worker with a heartbeat row serves, or (Redis) holds
-    messages; sorted by name.
+    messages; sorted by name. ``heartbeats``: the ``worker_heartbeats`` rows, if the caller has read them.
 
     Raises BrokerUnavailable, with the broker's error, when the broker cannot be read.
     """
     import pika.exceptions
 
     try:
-        return _queue_stats(broker, database, stale_after_ms=stale_after_ms, now=now or datetime.now(UTC))
+        if heartbeats is None:
+            heartbeats = list_worker_heartbeats(database)
+        return _queue_stats(broker, database, heartbeats, stale_after_ms=stale_after_ms, now=now or datetime.now(UTC))
     except (redis.RedisError, pika.exceptions.AMQPError, BrokerConnectionError) as error:
         detail = str(error).strip() or "no detail given; is the broker up at BROKER_URL?"
         raise BrokerUnavailable(f"cannot read the broker's queues: {type(error).__name__}: {detail}") from error
 
 
-def _queue_stats(broker: dramatiq.Broker, database: Database, *, stale_after_ms: int,
-                 now: datetime) -> list[QueueStats]:  # fmt: skip
+def _queue_stats(broker: dramatiq.Broker, database: Database, heartbeats: list[dict[str, Any]], *,
+                 stale_after_ms: int, now: datetime) -> list[QueueStats]:  # fmt: skip
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
     from dramatiq.brokers.redis import RedisBroker
     from dramatiq.brokers.stub import StubBroker
 
-    heartbeats = list_worker_heartbeats(database)
-    live = [row for row in heartbeats if row["heartbeat_at"] >= now - timedelta(milliseconds=stale_after_ms)]
+    live = [row for row in heartbeats if is_live(row, stale_after_ms=stale_after_ms, now=now)]
     # A dead worker's queues too: on RabbitMQ nothing else may name a queue this process never declared.
     names = set(broker.get_declared_queues()) | {queue for row in heartbeats for queue in row["queues"]}
     if isinstance(broker, RedisBroker):
-        return [_redis_queue(broker, name, now) for name in sorted(names | _redis_queues(broker))]
+        names |= {q_name(name) for name in redis_queue_names(broker)}
+        return [_redis_queue(broker, name, now) for name in sorted(names)]
     if isinstance(broker, RabbitmqBroker):
         counts = _rabbitmq_counts(broker, sorted(names))
     elif isinstance(broker, StubBroker):
@@ -143,11 +146,12 @@ def _redis_head_age_s(body: bytes | None, now: datetime) -> float | None:
     return max(0.0, now.timestamp() - sent_ms / 1000)
 
 
-def _redis_queues(broker: Any) -> set[str]:
-    """Every queue with messages under the namespace: each stores its messages in ``<ns>:<name>.msgs``."""
-    prefix, suffix = f"{broker.namespace}:", ".msgs"
+def redis_queue_names(broker: Any, *, suffix: str = ".msgs") -> set[str]:
+    """The queues holding messages under the broker's namespace: each keeps its bodies in
+    ``<ns>:<name>.msgs`` (a dead-letter queue's name ends in ``.XQ``; ``suffix=".XQ.msgs"`` finds only those)."""
+    prefix = f"{broker.namespace}:"
     keys = broker.client.scan_iter(match=f"{prefix}*{suffix}", count=1000)
-    return {q_name(key.decode()[len(prefix) : -len(suffix)]) for key in keys}
+    return {key.decode()[len(prefix) : -len(suffix)] for key in keys}
 
 
 def _rabbitmq_counts(broker: Any, names: list[str]) -> dict[str, tuple[int, int, int]]:

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import dramatiq
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -37,7 +37,7 @@ from sqlalchemy import func, select
 from middleware.database import Database
 from middleware.dead_letters import KINDS, dead_letters
 from middleware.queue_stats import QueueStats, queue_stats
-from middleware.worker_health import DEFAULT_STALE_AFTER_MS, list_worker_heartbeats
+from middleware.worker_health import DEFAULT_STALE_AFTER_MS, is_live, list_worker_heartbeats
 
 QUEUE_STATES = ("waiting", "delayed", "in_progress", "dead")
 
@@ -51,8 +51,8 @@ class SystemSnapshot:
     stale_after_ms: int
 
     def live_workers(self) -> list[dict]:
-        horizon = self.taken_at - timedelta(milliseconds=self.stale_after_ms)
-        return [worker for worker in self.workers if worker["heartbeat_at"] >= horizon]
+        return [worker for worker in self.workers
+                if is_live(worker, stale_after_ms=self.stale_after_ms, now=self.taken_at)]  # fmt: skip
 
 
 def take_snapshot(
@@ -66,11 +66,12 @@ def take_snapshot(
     )
     with database.engine.connect() as connection:
         unresolved = {(queue, kind): count for queue, kind, count in connection.execute(query)}
+    workers = list_worker_heartbeats(database)
     return SystemSnapshot(
         taken_at=now,
-        queues=queue_stats(broker, database, stale_after_ms=stale_after_ms, now=now),
+        queues=queue_stats(broker, database, stale_after_ms=stale_after_ms, now=now, heartbeats=workers),
         unresolved=unresolved,
-        workers=list_worker_heartbeats(database),
+        workers=workers,
         stale_after_ms=stale_after_ms,
     )
 

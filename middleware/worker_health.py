@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -319,6 +319,17 @@ def _progress(connection: Connection, message_ids: list[str]) -> dict[str, float
         return {}
     query = select(job_status.c.message_id, job_status.c.progress).where(job_status.c.message_id.in_(message_ids))
     return {row.message_id: row.progress for row in connection.execute(query)}
+
+
+def is_live(row: Mapping[str, Any], *, stale_after_ms: int, now: datetime) -> bool:
+    """The row's worker beat within ``stale_after_ms`` of ``now``: it is alive (it may be stopping)."""
+    return now - row["heartbeat_at"] <= timedelta(milliseconds=stale_after_ms)
+
+
+def queues_served(rows: Iterable[Mapping[str, Any]], *, stale_after_ms: int, now: datetime) -> set[str]:
+    """The queues some live worker consumes; a stopping worker takes no new message, so serves none."""
+    return {queue for row in rows if is_live(row, stale_after_ms=stale_after_ms, now=now) and not row["stopping"]
+            for queue in row["queues"]}  # fmt: skip
 
 
 def list_worker_heartbeats(database: Database) -> list[dict[str, Any]]:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from middleware.queue_stats import QueueStats
+from middleware.worker_health import is_live, queues_served
 from ops.output import print_json
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ def health_report(system: System) -> dict[str, Any]:
     settings, database, now = system.settings, system.database, datetime.now(UTC)
     workers = list_worker_heartbeats(database)
     try:
-        queues = queue_stats(system.broker, database, stale_after_ms=settings.worker_stale_after_ms, now=now)
+        queues = queue_stats(system.broker, database, stale_after_ms=settings.worker_stale_after_ms, now=now,
+                             heartbeats=workers)  # fmt: skip
         broker_problem = None
     except BrokerUnavailable as error:
         queues, broker_problem = [], str(error)
@@ -89,8 +91,7 @@ def evaluate(
     waiting = {stats.queue_name: stats.waiting for stats in queues}
     worker_reports = [_worker_report(row, waiting, rules=rules, now=now) for row in workers]
     # A stopping worker takes no new message: it serves no queue any more.
-    serving = {queue for row in workers if not _is_stale(row, rules, now) and not row["stopping"]
-               for queue in row["queues"]}  # fmt: skip
+    serving = queues_served(workers, stale_after_ms=rules.stale_after_ms, now=now)
     queue_reports = [
         {**stats.to_dict(), "dead_letters_unresolved": dead_letters_unresolved.get(stats.queue_name, 0),
          **_judge_queue(stats, serving)}
@@ -103,7 +104,7 @@ def evaluate(
     problems += [
         f"queue {report['queue_name']}: {report['reason']}" for report in queue_reports if not report["healthy"]
     ]
-    live = sum(1 for row in workers if not _is_stale(row, rules, now))
+    live = sum(1 for row in workers if is_live(row, stale_after_ms=rules.stale_after_ms, now=now))
     summary = (f"{live} live worker(s), {len(queue_reports)} queue(s), {sum(waiting.values())} message(s) "
                "waiting")  # fmt: skip
     return {
@@ -121,7 +122,7 @@ def judge_worker(
 ) -> tuple[bool, str]:
     """(healthy, reason) for one heartbeat row; ``waiting`` is the messages waiting per queue."""
     age_s = (now - row["heartbeat_at"]).total_seconds()
-    if _is_stale(row, rules, now):
+    if not is_live(row, stale_after_ms=rules.stale_after_ms, now=now):
         return False, f"no heartbeat for {age_s:.1f} s (stale after {rules.stale_after_ms / 1000:g} s)"
     processed, failed = row["window_processed"], row["window_failed"]
     window_min = row["failure_window_ms"] / 60_000
@@ -161,10 +162,6 @@ def _judge_queue(stats: QueueStats, serving: set[str]) -> dict[str, Any]:
     if stats.waiting and stats.queue_name not in serving:
         return {"healthy": False, "reason": f"{stats.waiting} message(s) wait and no live worker serves it"}
     return {"healthy": True, "reason": "ok" if stats.queue_name in serving else "ok: nothing waits (no live worker)"}
-
-
-def _is_stale(row: Mapping[str, Any], rules: HealthRules, now: datetime) -> bool:
-    return now - row["heartbeat_at"] > timedelta(milliseconds=rules.stale_after_ms)
 
 
 def _jsonable(value: Any) -> Any:
