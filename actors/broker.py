@@ -94,7 +94,12 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
         Retries(max_retries=5, min_backoff=2_000, max_backoff=300_000, database_outages=DatabaseOutages(database)),
         # Gives checkpointed actors their saved position and completes it when they succeed. On
         # RabbitMQ a long job hands its message back before the consumer_timeout would redeliver it.
-        Checkpoints(database=database, hand_back_after_ms=None if redis else settings.rabbitmq_hand_back_after_ms),
+        # It also warns at boot of any actor that is not checkpointed and may outlive that timeout.
+        Checkpoints(
+            database=database,
+            hand_back_after_ms=None if redis else settings.rabbitmq_hand_back_after_ms,
+            consumer_timeout_ms=None if redis else settings.rabbitmq_consumer_timeout_ms,
+        ),
         # Sends long recordings to the large queue with the long time limit, when messages are built.
         DurationRouting(
             large_threshold_ms=settings.large_threshold_ms,

@@ -23,6 +23,7 @@ skips instead of doing it again.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,6 +55,7 @@ from middleware.database import Database, metadata
 from middleware.dead_letters import message_payload
 from middleware.job_logs import log_event
 from middleware.job_status import job_status
+from middleware.routing import longest_time_limit_ms
 
 logger = logging.getLogger("middleware.checkpoints.Checkpoints")
 
@@ -210,6 +212,9 @@ class Checkpoints(Middleware):
         commit in one transaction).
       hand_back_after_ms: hand the message back at the first checkpoint saved after the delivery
         has been held this long (RabbitMQ: safely under its ``consumer_timeout``); None: never.
+      consumer_timeout_ms: RabbitMQ's ``consumer_timeout``. At boot, each actor that is not
+        checkpointed and whose jobs may run longer (:func:`longest_time_limit_ms`) is named in a
+        warning: the broker would deliver its message again while the job still runs.
 
     Actor options:
       checkpointed(bool): the actor calls :func:`current_checkpoint`.
@@ -217,13 +222,33 @@ class Checkpoints(Middleware):
         arguments; defaults to the message id.
     """
 
-    def __init__(self, *, database: Database, hand_back_after_ms: int | None = None) -> None:
+    def __init__(
+        self, *, database: Database, hand_back_after_ms: int | None = None, consumer_timeout_ms: int | None = None
+    ) -> None:
         self.database = database
         self.hand_back_after_ms = hand_back_after_ms
+        self.consumer_timeout_ms = consumer_timeout_ms
 
     @property
     def actor_options(self) -> set[str]:
         return {"checkpointed", "checkpoint_key"}
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # Not after_process_boot: the dramatiq CLI emits that before it imports the actor modules.
+        if self.consumer_timeout_ms is None:
+            return
+        for actor_name in sorted(broker.get_declared_actors()):
+            actor = broker.get_actor(actor_name)
+            limit_ms = longest_time_limit_ms(broker, actor)
+            if not actor.options.get("checkpointed") and limit_ms > self.consumer_timeout_ms:
+                runs = "without a time limit" if limit_ms == math.inf else f"for up to {_duration(limit_ms)}"
+                logger.warning(
+                    "Actor %r is not checkpointed and may run %s, longer than the broker's consumer timeout "
+                    "(%s): the broker would close the channel and deliver the message again while the job "
+                    "still runs. Declare it checkpointed=True (a checkpointed job hands its message back in time), "
+                    "give it a time_limit under the consumer timeout, or raise the consumer timeout.",
+                    actor_name, runs, _duration(self.consumer_timeout_ms),
+                )  # fmt: skip
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         actor = broker.get_actor(message.actor_name)
@@ -260,3 +285,7 @@ class Checkpoints(Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         _current.set(None)
+
+
+def _duration(milliseconds: float) -> str:
+    return f"{milliseconds / 60_000:g} min" if milliseconds >= 60_000 else f"{milliseconds / 1000:g} s"

@@ -12,11 +12,12 @@ caller, then the actor option ``estimate_duration_ms(*args, **kwargs)``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Middleware, TimeLimit
 
 logger = logging.getLogger("middleware.routing.DurationRouting")
 
@@ -84,6 +85,18 @@ class RoutedActor(dramatiq.Actor):
     ) -> dramatiq.Message:
         message = super().message_with_options(args=args, kwargs=kwargs, **options)
         return _routing_of(self.broker).route(self, message)
+
+
+def longest_time_limit_ms(broker: dramatiq.Broker, actor: dramatiq.Actor) -> float:
+    """How long the actor's jobs may run by default (``math.inf`` without a TimeLimit middleware): a
+    routed actor's messages carry the large queue's limit at most, an actor's own ``time_limit``
+    comes next, then the TimeLimit middleware's default. A sender may still pass its own."""
+    if isinstance(actor, RoutedActor):
+        return _routing_of(broker).large_time_limit_ms
+    if actor.options.get("time_limit") is not None:
+        return actor.options["time_limit"]
+    limits = [middleware.time_limit for middleware in broker.middleware if isinstance(middleware, TimeLimit)]
+    return limits[0] if limits else math.inf
 
 
 def _routing_of(broker: dramatiq.Broker) -> DurationRouting:

@@ -55,3 +55,7 @@ def test_a_long_checkpointed_job_hands_its_message_back_before_the_consumer_time
     assert names.count("checkpoint.handed_back") == len(starts) - 1
     assert names.count("job.interrupted") == len(starts) - 1
     assert "job.retry" not in names and "job.failed" not in names, "a hand-back spends no attempt"
+    # At boot, each worker named the actors that could outlive the timeout: every one not checkpointed.
+    log = workers[0].log()
+    assert "Actor 'long_job' is not checkpointed and may run for up to 10 min" in log
+    assert "Actor 'checkpointed_steps'" not in log and "Actor 'transcribe'" not in log

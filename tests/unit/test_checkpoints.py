@@ -1,16 +1,19 @@
 from __future__ import annotations
 
+import logging
 import time
+from functools import partial
 
 import dramatiq
 import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import Shutdown
+from dramatiq.middleware import Shutdown, TimeLimit
 from sqlalchemy import insert, select
 
-from middleware.checkpoints import current_checkpoint, job_checkpoints
+from middleware.checkpoints import Checkpoints, current_checkpoint, job_checkpoints
 from middleware.database import Database
+from middleware.routing import DurationRouting, RoutedActor
 from tests.unit.conftest import outputs
 
 
@@ -151,3 +154,36 @@ def test_a_shutdown_hands_any_job_back_without_spending_a_retry(
 def test_current_checkpoint_outside_a_checkpointed_actor_says_how_to_fix_it() -> None:
     with pytest.raises(RuntimeError, match="checkpointed=True"):
         current_checkpoint()
+
+
+def test_on_rabbitmq_boot_names_each_actor_that_may_outlive_the_consumer_timeout(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = StubBroker(middleware=[
+        TimeLimit(time_limit=600_000),
+        Checkpoints(database=database, hand_back_after_ms=1_440_000, consumer_timeout_ms=1_800_000),
+        DurationRouting(large_threshold_ms=60_000, regular_time_limit_ms=5_000, large_time_limit_ms=7_200_000),
+    ])  # fmt: skip
+    declare = partial(dramatiq.actor, lambda: None, broker=broker)
+    declare(actor_name="short_by_default")  # TimeLimit's 10 min
+    declare(actor_name="hours_long", time_limit=3 * 3_600_000)
+    declare(actor_name="hours_long_checkpointed", time_limit=3 * 3_600_000, checkpointed=True)
+    declare(actor_name="routed", actor_class=RoutedActor)  # the large queue's 2 h
+    declare(actor_name="routed_checkpointed", actor_class=RoutedActor, checkpointed=True)
+    with caplog.at_level(logging.WARNING, logger="middleware.checkpoints.Checkpoints"):
+        broker.emit_after("worker_boot", None)
+    broker.close()
+
+    warned = {record.args[0]: record.getMessage() for record in caplog.records}
+    assert set(warned) == {"hours_long", "routed"}
+    assert "may run for up to 180 min, longer than the broker's consumer timeout (30 min)" in warned["hours_long"]
+    assert "checkpointed=True" in warned["routed"] and "for up to 120 min" in warned["routed"]
+
+
+def test_on_redis_boot_warns_of_no_consumer_timeout(database: Database, caplog: pytest.LogCaptureFixture) -> None:
+    broker = StubBroker(middleware=[TimeLimit(), Checkpoints(database=database)])
+    dramatiq.actor(lambda: None, broker=broker, actor_name="hours_long", time_limit=3 * 3_600_000)
+    with caplog.at_level(logging.WARNING, logger="middleware.checkpoints.Checkpoints"):
+        broker.emit_after("worker_boot", None)
+    broker.close()
+    assert caplog.records == []
