@@ -5,15 +5,21 @@ restarts, and leaves the message stranded in its unacked set, to come back after
 restart. This consumer finds the stranded message among its unacked ones (at most ``prefetch`` of
 them) and nacks it, so on both brokers a malformed body ends up in the broker's dead-letter
 queue, where ``python -m ops dlq reconcile`` records it in the ``dead_letters`` table.
+
+A send whose connection Redis refused gives back the idempotency key it claimed
+(``middleware.idempotency.settle_refused_sends``), so the sender's retry is enqueued.
 """
 
 from __future__ import annotations
 
 import logging
 
+import dramatiq
 from dramatiq.brokers.redis import RedisBroker as DramatiqRedisBroker
 from dramatiq.brokers.redis import _RedisConsumer
 from dramatiq.errors import DecodeError
+
+from middleware.idempotency import settle_refused_sends
 
 logger = logging.getLogger("actors.redis_broker.RedisBroker")
 
@@ -22,6 +28,13 @@ class RedisBroker(DramatiqRedisBroker):
     @property
     def consumer_class(self):
         return _DeadLetteringConsumer
+
+    def enqueue(self, message: dramatiq.Message, *, delay: int | None = None) -> dramatiq.Message:
+        try:
+            return super().enqueue(message, delay=delay)
+        except Exception as error:
+            settle_refused_sends(self, [message], error)
+            raise
 
 
 class _DeadLetteringConsumer(_RedisConsumer):

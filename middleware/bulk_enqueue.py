@@ -34,6 +34,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import MiddlewareError
 
+from middleware.idempotency import settle_refused_sends
+
 logger = logging.getLogger("middleware.bulk_enqueue")
 
 DEFAULT_CHUNK_SIZE = 500
@@ -106,7 +108,11 @@ def _enqueue_pipelined(
                       message.options["redis_message_id"], message.encode()],
                 client=pipeline,
             )  # fmt: skip
-        pipeline.execute()
+        try:
+            pipeline.execute()
+        except Exception as error:
+            settle_refused_sends(broker, ready, error)
+            raise
         _emit_after_enqueue(broker, ready, delay)
     if refusal is not None:
         raise refusal

@@ -8,11 +8,20 @@ Re-enqueues of the same message (retries, delays) keep their key.
 
 A worker that receives a keyed message whose job already completed (a redelivery after a lost
 ack) skips it, so an email is never sent twice.
+
+A send the broker refuses has already claimed its key. Whether the message reached the broker
+before the error cannot be known in general (a reply lost after the command was sent), so the key
+is kept, except when the error proves nothing was sent: the connection was refused. Then
+:func:`settle_refused_sends` gives the key back, so the sender's retry is enqueued. The Redis
+broker (``actors.redis_broker``) and ``send_many`` call it; on RabbitMQ, which retries a publish
+on a new connection, a refusal at the last attempt proves nothing about the first.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import dramatiq
@@ -26,6 +35,9 @@ from middleware.job_status import COMPLETED, FAILED, job_status
 logger = logging.getLogger("middleware.idempotency.Idempotency")
 
 DEFAULT_TTL_MS = 24 * 3_600_000
+#: Claims of sends still under way, kept per process; past this many (a broker down for long,
+#: without the hook that settles them), the oldest are forgotten: their keys are then kept.
+MAX_UNSETTLED_CLAIMS = 10_000
 
 idempotency_keys = Table(
     "idempotency_keys",
@@ -55,12 +67,31 @@ class Idempotency(Middleware):
     def __init__(self, *, database: Database, ttl_ms: int = DEFAULT_TTL_MS) -> None:
         self.database = database
         self.ttl = timedelta(milliseconds=ttl_ms)
+        # message id -> the key its send claimed, until the broker takes the message (after_enqueue)
+        # or refuses it (settle_refused).
+        self._unsettled: dict[str, str] = {}
+        self._unsettled_lock = threading.Lock()
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
         key = message.options.get("idempotency_key")
         if key:
             with self.database.transaction() as connection:
                 self._claim(connection, str(key), message)
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
+        self._take_unsettled(message)
+
+    def settle_refused(self, message: dramatiq.Message, *, release: bool) -> bool:
+        """The broker refused ``message``: give back the key its send claimed if ``release`` (nothing
+        was sent), else keep it. Returns whether a key was given back."""
+        key = self._take_unsettled(message)
+        if key is None or not release:
+            return False
+        released = release_key(self.database, key, message.message_id)
+        if released:
+            logger.info("Gave back idempotency key %r: the broker refused the connection, so message %s was "
+                        "never sent.", key, message.message_id)  # fmt: skip
+        return released
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         if not message.options.get("idempotency_key"):
@@ -86,6 +117,7 @@ class Idempotency(Middleware):
             .returning(idempotency_keys.c.key)
         ).scalar_one_or_none()
         if claimed is not None:
+            self._hold_unsettled(message, key)
             return
         holder = connection.execute(select(idempotency_keys).where(idempotency_keys.c.key == key)).one()
         if holder.message_id == message.message_id:
@@ -104,8 +136,45 @@ class Idempotency(Middleware):
         )
         if taken.rowcount != 1:  # another sender took it over first
             raise DuplicateJob(key, holder.message_id)
+        self._hold_unsettled(message, key)
         logger.info("Idempotency key %r passes from message %s (%s) to %s.", key, holder.message_id,
                     holder_status or "expired", message.message_id)  # fmt: skip
+
+    def _hold_unsettled(self, message: dramatiq.Message, key: str) -> None:
+        with self._unsettled_lock:
+            if len(self._unsettled) >= MAX_UNSETTLED_CLAIMS:
+                del self._unsettled[next(iter(self._unsettled))]
+            self._unsettled[message.message_id] = key
+
+    def _take_unsettled(self, message: dramatiq.Message) -> str | None:
+        with self._unsettled_lock:
+            return self._unsettled.pop(message.message_id, None)
+
+
+def settle_refused_sends(broker: dramatiq.Broker, messages: Sequence[dramatiq.Message], error: BaseException) -> None:
+    """Call when the broker raised ``error`` for ``messages``: their keys are given back if the
+    connection was refused, kept otherwise. A database error here is logged, not raised: the caller
+    is raising the broker's error, and the key then stays held as before."""
+    release = connection_refused(error)
+    for middleware in broker.middleware:
+        if isinstance(middleware, Idempotency):
+            for message in messages:
+                try:
+                    middleware.settle_refused(message, release=release)
+                except Exception:
+                    logger.warning("Could not give back the idempotency key of refused message %s; it stays held.",
+                                   message.message_id, exc_info=True)  # fmt: skip
+
+
+def connection_refused(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is a refused TCP connection: nothing was sent."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ConnectionRefusedError):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def release_key(database: Database, key: str, message_id: str) -> bool:
