@@ -31,13 +31,6 @@ class SeenEnqueues(Middleware):
 
 
 @pytest.fixture
-def database(sqlite_url: str) -> Iterator[Database]:
-    database = Database(sqlite_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def seen() -> SeenEnqueues:
     return SeenEnqueues()
 

@@ -28,13 +28,6 @@ KEY = "invoice-42:reminder"
 
 
 @pytest.fixture
-def database(sqlite_url: str) -> Iterator[Database]:
-    database = Database(sqlite_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def silent_port() -> Iterator[int]:
     """A port that accepts connections and never answers: a command sent there may or may not have run."""
     with socket.socket() as listener:

@@ -36,13 +36,6 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def database(sqlite_url: str) -> Iterator[Database]:
-    database = Database(sqlite_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def broker(broker_env: dict[str, str], database: Database) -> Iterator[dramatiq.Broker]:
     middleware = [JobStatus(database=database)]
     url = broker_env["BROKER_URL"]
