@@ -23,9 +23,21 @@ def publish_garbage(env: dict[str, str]) -> None:
         client.rpush(f"{namespace}:chaos", redis_id)
         return
     connection = pika.BlockingConnection(pika.URLParameters(env["BROKER_URL"]))
-    channel = connection.channel()
-    channel.basic_publish(exchange="", routing_key="chaos", body=GARBAGE)
+    # The worker's consumer declares the queue a moment after the worker says it is ready; a body
+    # published before that is unroutable and silently dropped.
+    wait_until(lambda: _queue_exists(connection, "chaos"), timeout_s=30, what="the worker to declare chaos")
+    connection.channel().basic_publish(exchange="", routing_key="chaos", body=GARBAGE)
     connection.close()
+
+
+def _queue_exists(connection: pika.BlockingConnection, queue: str) -> bool:
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue=queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker:  # 404: not declared yet (the broker closes the channel)
+        return False
+    channel.close()
+    return True
 
 
 def dead_letter_queue_depth(env: dict[str, str]) -> int:
