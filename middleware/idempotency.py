@@ -79,7 +79,8 @@ class Idempotency(Middleware):
                 self._claim(connection, str(key), message)
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
-        self._take_unsettled(message)
+        if message.options.get("idempotency_key"):  # only a keyed send holds a claim: no lock on the others
+            self._take_unsettled(message)
 
     def settle_refused(self, message: dramatiq.Message, *, release: bool) -> bool:
         """The broker refused ``message``: give back the key its send claimed if ``release`` (nothing
