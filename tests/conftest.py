@@ -8,9 +8,11 @@ temporary directory, so tests never touch a developer's data.
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -81,11 +83,22 @@ def rabbitmq_url() -> Iterator[str]:
     harness.delete_rabbitmq_vhost(vhost)
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test: a copy takes milliseconds, a migration 1.5 s."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "jobs.sqlite3"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    migrate(url)
-    return url
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    """A migrated SQLite database of this test's own."""
+    path = tmp_path / "jobs.sqlite3"
+    # SQLite's backup API copies a consistent database, whatever the journal mode left beside it.
+    with closing(sqlite3.connect(sqlite_template)) as source, closing(sqlite3.connect(path)) as target:
+        source.backup(target)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])

@@ -46,6 +46,9 @@ def free_port() -> int:
 
 def process_env(overrides: Mapping[str, str]) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in _SYSTEM_SETTINGS}
+    # How long an idle Dramatiq worker thread waits for a message (default 1 s), and so how long
+    # a stopping worker waits for its threads: it only delays each test's teardown.
+    env["dramatiq_worker_timeout"] = "100"
     env.update(overrides)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(ROOT)
