@@ -128,6 +128,8 @@ class Dramatiq:
     database_url: str | None = None
     settings: WorkerSettings = field(default_factory=WorkerSettings)
     namespace: str = ""
+    #: Middleware of the stack left out (``BENCH_WITHOUT``, read by ``bench/stack_actors.py``): an ablation.
+    without: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.renew()
@@ -144,6 +146,7 @@ class Dramatiq:
             overrides["DATABASE_URL"] = self.database_url
         if self.settings.prefetch:
             overrides["dramatiq_queue_prefetch"] = str(self.settings.prefetch)
+        overrides["BENCH_WITHOUT"] = ",".join(self.without)
         return base_env(overrides)
 
     def enqueue(self, workload: str, jobs: int, *, bulk: bool = False) -> float:

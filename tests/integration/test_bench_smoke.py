@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from bench import ablation
 from bench.report import render
-from bench.run import BARE, SQLITE, Results, Sizes, _drain_round, _machine, _migrate
+from bench.run import BARE, SQLITE, Results, Sizes, _drain_round, _machine, _migrate, _stack_middleware
 from bench.systems import Dramatiq, WorkerSettings
 
 
@@ -35,3 +38,18 @@ def test_a_tiny_run_drains_every_job_and_reports_each_system_against_bare_dramat
     [bare_row] = [line for line in report.splitlines() if line.startswith(f"| {BARE} |")]
     assert "| 1.00 |" in bare_row
     assert f"| {SQLITE}: no-op drain >= 0.8 x bare Dramatiq |" in report
+
+
+def test_an_ablation_leaves_out_the_named_middleware_and_refuses_a_name_not_in_the_stack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = Dramatiq("full", "bench.stack_actors", tmp_path, database_url=f"sqlite:///{tmp_path / 'b.sqlite3'}")
+    ablated = Dramatiq("JobStatus,JobLogs", "bench.stack_actors", tmp_path, database_url=full.database_url,
+                       without=("JobStatus", "JobLogs"))  # fmt: skip
+    assert {"JobStatus", "JobLogs"} <= set(_stack_middleware(full))
+    assert set(_stack_middleware(full)) - set(_stack_middleware(ablated)) == {"JobStatus", "JobLogs"}
+
+    with pytest.raises(SystemExit) as exit_info:
+        ablation.main(["--jobs", "1000", "--rounds", "1", "full", "JobStatus,JobLog"])
+    assert exit_info.value.code == 2
+    assert "not in the stack: JobLog (the stack: " in capsys.readouterr().err
