@@ -15,6 +15,12 @@ is kept, except when the error proves nothing was sent: the connection was refus
 :func:`settle_refused_sends` gives the key back, so the sender's retry is enqueued. The Redis
 broker (``actors.redis_broker``) and ``send_many`` call it; on RabbitMQ, which retries a publish
 on a new connection, a refusal at the last attempt proves nothing about the first.
+
+A sender that dies between claiming a key and sending (a crash, a SIGKILL, a deploy) leaves a
+claim whose message is nowhere. On Redis the claim records where the message was to go, so once
+the claim is ``unsent_after_ms`` old (a minute) and the message has neither a job status nor a
+place in Redis, the next send with that key takes it over. On RabbitMQ such a claim is held until
+it expires.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
-from sqlalchemy import Column, Connection, DateTime, String, Table, delete, select, update
+from sqlalchemy import Column, Connection, DateTime, Row, String, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from middleware.database import Database, as_utc, metadata
@@ -35,6 +42,9 @@ from middleware.job_status import COMPLETED, FAILED, job_status
 logger = logging.getLogger("middleware.idempotency.Idempotency")
 
 DEFAULT_TTL_MS = 24 * 3_600_000
+#: A claim this old with no job status and no message on Redis was never sent: a send takes
+#: milliseconds from its claim to the broker and its ``queued`` row.
+DEFAULT_UNSENT_AFTER_MS = 60_000
 #: Claims of sends still under way, kept per process; past this many (a broker down for long,
 #: without the hook that settles them), the oldest are forgotten: their keys are then kept.
 MAX_UNSETTLED_CLAIMS = 10_000
@@ -47,6 +57,10 @@ idempotency_keys = Table(
     Column("actor_name", String(255), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+    # Where a send on Redis puts the message: a later send can then tell a claim whose sender
+    # stopped between claiming the key and sending (the message is nowhere) from a live job.
+    Column("redis_queue", String(255), nullable=True),
+    Column("redis_message_id", String(64), nullable=True),
 )
 
 
@@ -64,9 +78,11 @@ class DuplicateDelivery(SkipMessage):
 
 
 class Idempotency(Middleware):
-    def __init__(self, *, database: Database, ttl_ms: int = DEFAULT_TTL_MS) -> None:
+    def __init__(self, *, database: Database, ttl_ms: int = DEFAULT_TTL_MS,
+                 unsent_after_ms: int = DEFAULT_UNSENT_AFTER_MS) -> None:  # fmt: skip
         self.database = database
         self.ttl = timedelta(milliseconds=ttl_ms)
+        self.unsent_after = timedelta(milliseconds=unsent_after_ms)
         # message id -> the key its send claimed, until the broker takes the message (after_enqueue)
         # or refuses it (settle_refused).
         self._unsettled: dict[str, str] = {}
@@ -76,7 +92,7 @@ class Idempotency(Middleware):
         key = message.options.get("idempotency_key")
         if key:
             with self.database.transaction() as connection:
-                self._claim(connection, str(key), message)
+                self._claim(connection, str(key), message, broker)
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
         if message.options.get("idempotency_key"):  # only a keyed send holds a claim: no lock on the others
@@ -102,18 +118,21 @@ class Idempotency(Middleware):
             if connection.scalar(query) == COMPLETED:
                 raise DuplicateDelivery(f"keyed message {message.message_id} already completed; skipping it")
 
-    def _claim(self, connection: Connection, key: str, message: dramatiq.Message) -> None:
+    def _claim(self, connection: Connection, key: str, message: dramatiq.Message, broker: dramatiq.Broker) -> None:
         now = datetime.now(UTC)
         dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+        holding = {
+            "message_id": message.message_id,
+            "actor_name": message.actor_name,
+            "created_at": now,
+            "expires_at": now + self.ttl,
+            # RedisBroker.enqueue (and send_many) give the message its Redis id before this hook.
+            "redis_queue": message.queue_name if "redis_message_id" in message.options else None,
+            "redis_message_id": message.options.get("redis_message_id"),
+        }
         claimed = connection.execute(
             dialect.insert(idempotency_keys)
-            .values(
-                key=key,
-                message_id=message.message_id,
-                actor_name=message.actor_name,
-                created_at=now,
-                expires_at=now + self.ttl,
-            )
+            .values(key=key, **holding)
             .on_conflict_do_nothing(index_elements=["key"])
             .returning(idempotency_keys.c.key)
         ).scalar_one_or_none()
@@ -123,23 +142,41 @@ class Idempotency(Middleware):
         holder = connection.execute(select(idempotency_keys).where(idempotency_keys.c.key == key)).one()
         if holder.message_id == message.message_id:
             return  # the same message again: a retry or a delayed message moving to its queue
-        holder_status = connection.scalar(
-            select(job_status.c.status).where(job_status.c.message_id == holder.message_id)
-        )
-        if as_utc(holder.expires_at) > now and holder_status != FAILED:
+        holder_status = _status_of(connection, holder.message_id)
+        alive = as_utc(holder.expires_at) > now and holder_status != FAILED
+        never_sent = alive and holder_status is None and self._never_sent(connection, holder, broker, now)
+        if alive and not never_sent:
             raise DuplicateJob(key, holder.message_id)
         taken = connection.execute(
             update(idempotency_keys)
             .where(idempotency_keys.c.key == key, idempotency_keys.c.message_id == holder.message_id)
-            .values(
-                message_id=message.message_id, actor_name=message.actor_name, created_at=now, expires_at=now + self.ttl
-            )
+            .values(**holding)
         )
         if taken.rowcount != 1:  # another sender took it over first
             raise DuplicateJob(key, holder.message_id)
         self._hold_unsettled(message, key)
-        logger.info("Idempotency key %r passes from message %s (%s) to %s.", key, holder.message_id,
-                    holder_status or "expired", message.message_id)  # fmt: skip
+        if never_sent:
+            logger.warning("Idempotency key %r passes from message %s, which was never sent (its sender stopped "
+                           "between claiming the key and sending), to %s.", key, holder.message_id,
+                           message.message_id)  # fmt: skip
+        else:
+            logger.info("Idempotency key %r passes from message %s (%s) to %s.", key, holder.message_id,
+                        holder_status or "expired", message.message_id)  # fmt: skip
+
+    def _never_sent(self, connection: Connection, holder: Row, broker: dramatiq.Broker, now: datetime) -> bool:
+        """Whether the holder's send never reached Redis: its claim is older than any send takes, it
+        has no job status (a send writes ``queued`` right after the broker takes the message, a
+        worker ``processing`` before running it), and Redis does not hold its message. Unknowable
+        on RabbitMQ, whose queues cannot be searched: there a claim is held until it expires."""
+        if holder.redis_message_id is None or not isinstance(broker, RedisBroker):
+            return False
+        if now - as_utc(holder.created_at) < self.unsent_after:
+            return False
+        messages = f"{broker.namespace}:{holder.redis_queue}.msgs"
+        if broker.client.hexists(messages, holder.redis_message_id):
+            return False
+        # Read again after Redis: a message acked since the first read wrote its status before it ran.
+        return _status_of(connection, holder.message_id) is None
 
     def _hold_unsettled(self, message: dramatiq.Message, key: str) -> None:
         with self._unsettled_lock:
@@ -150,6 +187,10 @@ class Idempotency(Middleware):
     def _take_unsettled(self, message: dramatiq.Message) -> str | None:
         with self._unsettled_lock:
             return self._unsettled.pop(message.message_id, None)
+
+
+def _status_of(connection: Connection, message_id: str) -> str | None:
+    return connection.scalar(select(job_status.c.status).where(job_status.c.message_id == message_id))
 
 
 def settle_refused_sends(broker: dramatiq.Broker, messages: Sequence[dramatiq.Message], error: BaseException) -> None:

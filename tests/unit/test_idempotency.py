@@ -8,7 +8,7 @@ import dramatiq
 import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from middleware.database import Database
 from middleware.idempotency import DuplicateJob, idempotency_keys
@@ -85,3 +85,17 @@ def test_a_redelivered_keyed_job_that_already_completed_is_skipped(
     stub_broker.enqueue(message)  # the broker delivers it again, as after a lost ack
     drain(stub_broker, stub_worker)
     assert sent == ["d@example.com"]
+
+
+def test_where_the_broker_cannot_be_searched_a_claim_never_sent_is_held_until_it_expires(
+    stub_broker: StubBroker, database: Database, emails
+) -> None:
+    send_email, _, _ = emails
+    now = datetime.now(UTC)
+    with database.transaction() as connection:  # a sender that died after its claim: no job, an hour old
+        connection.execute(insert(idempotency_keys).values(
+            key="welcome:e", message_id="never-sent", actor_name="send_email", created_at=now - timedelta(hours=1),
+            expires_at=now + timedelta(hours=1),
+        ))  # fmt: skip
+    with pytest.raises(DuplicateJob, match="never-sent"):  # as on RabbitMQ: nowhere to look for the message
+        send_email.send_with_options(args=("e@example.com",), idempotency_key="welcome:e")

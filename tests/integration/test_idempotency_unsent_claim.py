@@ -1,0 +1,109 @@
+"""A keyed send whose app process died between claiming the key and sending it does not hold the key for a day.
+
+Real app processes SIGKILLed inside the send, real Redis, SQLite and a real worker. Killed after
+the claim and before Redis took the message: the message is nowhere, so once the claim is older
+than any send takes, the app's next send takes the key over and the job runs. Killed after Redis
+took it and before its ``queued`` row: the message waits in Redis, so the key stays held.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from middleware.database import Database
+from middleware.idempotency import DEFAULT_UNSENT_AFTER_MS, idempotency_keys
+from middleware.job_status import COMPLETED, get_job
+from tests import harness
+from tests.harness import WorkerProcess, run_python, wait_until
+
+KEY = "meeting-7:transcribe"
+QUEUE_HASH = "observed.msgs"
+
+SEND = """
+import os, signal
+import dramatiq
+from dramatiq.middleware import Middleware
+from middleware.idempotency import DuplicateJob
+from tests.observed_actors import succeeds
+
+class DieInside(Middleware):
+    # Last in the stack: its before_enqueue runs after the key is claimed, and its after_enqueue
+    # (after-hooks run in reverse) before JobStatus writes the queued row.
+    def {hook}(self, broker, message, delay):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+if {die}:
+    dramatiq.get_broker().middleware.append(DieInside())
+try:
+    print(succeeds.send_with_options(args=({marker!r},), idempotency_key={key!r}).message_id)
+except DuplicateJob as duplicate:
+    print("duplicate", duplicate.existing_message_id)
+"""
+
+
+def send(env: dict[str, str], marker: Path, *, die_in: str | None = None) -> str:
+    code = SEND.format(hook=die_in or "before_enqueue", die=die_in is not None, marker=str(marker), key=KEY)
+    result = run_python(env, code)
+    if die_in is not None:
+        assert result.returncode == -9, result.stderr
+        return ""
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def claim(database: Database):
+    with database.engine.connect() as connection:
+        return connection.execute(select(idempotency_keys).where(idempotency_keys.c.key == KEY)).one()
+
+
+def age_claim(database: Database, *, by_ms: int) -> None:
+    """The claim as it is ``by_ms`` later: older than any send takes."""
+    with database.transaction() as connection:
+        connection.execute(update(idempotency_keys).where(idempotency_keys.c.key == KEY).values(
+            created_at=datetime.now(UTC) - timedelta(milliseconds=by_ms)))  # fmt: skip
+
+
+@pytest.mark.parametrize("die_in", ["before_enqueue", "after_enqueue"])
+def test_a_sender_killed_inside_a_keyed_send_loses_no_job_and_duplicates_none(
+    die_in: str, sqlite_url: str, redis_namespace: str, tmp_path: Path
+) -> None:
+    env = {"BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace, "DATABASE_URL": sqlite_url,
+           "STATE_DIR": str(tmp_path)}  # fmt: skip
+    database = Database(sqlite_url)
+    redis = harness.redis_client()
+    marker = tmp_path / "runs.txt"
+    try:
+        send(env, marker, die_in=die_in)
+        first = claim(database)
+        assert get_job(database, first.message_id) is None, "the sender died before the queued row"
+        reached_redis = die_in == "after_enqueue"
+        assert redis.hexists(f"{redis_namespace}:{QUEUE_HASH}", first.redis_message_id) == reached_redis
+
+        # At once, the claim may be a send still under way: refused, as any duplicate.
+        assert send(env, marker) == f"duplicate {first.message_id}"
+        age_claim(database, by_ms=2 * DEFAULT_UNSENT_AFTER_MS)
+        retry = send(env, marker)
+
+        worker = WorkerProcess(env, queues=["observed"], modules=("tests.observed_actors",),
+                               log_path=tmp_path / "worker.log")  # fmt: skip
+        try:
+            worker.wait_ready()
+            if reached_redis:  # the first message is the job: it runs, and the key stays with it
+                assert retry == f"duplicate {first.message_id}"
+                job = first.message_id
+            else:  # the first message is nowhere: the retry takes the key over and runs
+                assert retry != f"duplicate {first.message_id}" and not retry.startswith("duplicate")
+                assert claim(database).message_id == retry
+                job = retry
+            wait_until(lambda: (get_job(database, job) or {}).get("status") == COMPLETED, timeout_s=30,
+                       what=f"job {job} to complete")  # fmt: skip
+        finally:
+            worker.stop()
+        assert marker.read_text().splitlines() == ["attempt 1"], "the job ran once"
+        assert redis.hlen(f"{redis_namespace}:{QUEUE_HASH}") == 0
+    finally:
+        database.dispose()
