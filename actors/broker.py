@@ -85,7 +85,9 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
         DeadLetters(database=database),
         # Refuses a second enqueue per idempotency key; skips redelivered keyed jobs already done.
         # Before JobStatus, so it reads the status as it was before this delivery.
-        Idempotency(database=database, ttl_ms=settings.idempotency_ttl_ms),
+        Idempotency(
+            database=database, ttl_ms=settings.idempotency_ttl_ms, unsent_after_ms=settings.idempotency_unsent_after_ms
+        ),
         # queued -> processing -> completed | failed, progress; counts deliveries to catch poison.
         # Before Retries, so its after-hook sees whether the failure is final.
         JobStatus(database=database, max_deliveries=settings.max_deliveries),

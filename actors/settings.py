@@ -53,6 +53,8 @@ class Settings:
     max_deliveries: int = 5
     #: How long a completed job keeps its idempotency key.
     idempotency_ttl_ms: int = 24 * 60 * MINUTE_MS
+    #: How old a key's claim must be, with no job and no message on Redis, to count as never sent.
+    idempotency_unsent_after_ms: int = MINUTE_MS
     #: Bearer tokens of the admin API: read-write, and read-only (these can read but change nothing).
     admin_tokens: tuple[str, ...] = ()
     admin_readonly_tokens: tuple[str, ...] = ()
@@ -138,6 +140,7 @@ class Settings:
             large_time_limit_ms=env.integer("LARGE_TIME_LIMIT_MS", 180 * MINUTE_MS, minimum=1_000),
             max_deliveries=env.integer("MAX_DELIVERIES", 5, minimum=1),
             idempotency_ttl_ms=env.integer("IDEMPOTENCY_TTL_MS", 24 * 60 * MINUTE_MS, minimum=1_000),
+            idempotency_unsent_after_ms=env.integer("IDEMPOTENCY_UNSENT_AFTER_MS", MINUTE_MS, minimum=1_000),
             admin_tokens=_admin_tokens(env, "ADMIN_TOKENS"),
             admin_readonly_tokens=_admin_tokens(env, "ADMIN_READONLY_TOKENS"),
             admin_bind=env.text("ADMIN_BIND", "127.0.0.1"),

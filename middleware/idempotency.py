@@ -18,9 +18,9 @@ on a new connection, a refusal at the last attempt proves nothing about the firs
 
 A sender that dies between claiming a key and sending (a crash, a SIGKILL, a deploy) leaves a
 claim whose message is nowhere. On Redis the claim records where the message was to go, so once
-the claim is ``unsent_after_ms`` old (a minute) and the message has neither a job status nor a
-place in Redis, the next send with that key takes it over. On RabbitMQ such a claim is held until
-it expires.
+the claim is ``unsent_after_ms`` old (``IDEMPOTENCY_UNSENT_AFTER_MS``, a minute) and the message
+has neither a job status nor a place in Redis, the next send with that key takes it over. On
+RabbitMQ such a claim is held until it expires.
 """
 
 from __future__ import annotations
