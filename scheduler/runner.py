@@ -7,7 +7,10 @@
 2. A tick enqueues ``actor.message_with_options(args, kwargs, idempotency_key=schedule:<entry>:<time>)``.
    The key is the tick's identity: a second fire of the same tick (an old leader that has not yet
    noticed it lost the lock, a catch-up of a tick the dead leader enqueued just before dying)
-   raises DuplicateJob and is recorded as a duplicate, never enqueued twice.
+   raises DuplicateJob and is recorded as a duplicate, never enqueued twice. A duplicate whose holder
+   has no job status yet may be a send under way, or one whose leader died between claiming the key
+   and sending: the tick fires once more when such a claim can be taken over
+   (``IDEMPOTENCY_UNSENT_AFTER_MS``), so a leader killed mid-send loses no tick.
 3. A tick of a task entry runs the task in this process (``scheduler/tasks.py``).
 4. Each tick's outcome (enqueued, duplicate, ran, missed, error) goes to ``schedule_state``, to the
    log as one JSON event, and to ``jobs_scheduler_ticks_total``; a tick whose previous message has
@@ -32,13 +35,14 @@ from apscheduler.events import (
     JobSubmissionEvent,
 )
 from apscheduler.executors.base import BaseExecutor
+from apscheduler.executors.pool import ThreadPoolExecutor as PlainExecutor
 from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from actors.system import System
-from middleware.idempotency import DuplicateJob, release_key
+from middleware.idempotency import DuplicateJob, Idempotency, release_key
 from middleware.job_logs import emit_event
-from middleware.job_status import QUEUED
+from middleware.job_status import QUEUED, get_job
 from middleware.schedule_state import (
     DUPLICATE,
     ENQUEUED,
@@ -61,6 +65,10 @@ logger = logging.getLogger("scheduler.runner.TickRunner")
 TICK_THREADS = 4
 #: The entries are code, not data: APScheduler's in-memory job store, under its default name.
 _JOBSTORE = "default"
+#: Runs a tick's second fire with the tick's own time (the default executor passes the run time).
+_RECHECK_EXECUTOR = "recheck"
+#: After the claim could be taken over, so the second fire finds it takeable.
+_RECHECK_MARGIN = timedelta(seconds=1)
 
 
 class TickRunner:
@@ -76,13 +84,15 @@ class TickRunner:
         self.misfire_grace = timedelta(milliseconds=system.settings.scheduler_misfire_grace_ms)
         self.coalesce = system.settings.scheduler_coalesce
         self.metrics = metrics or SchedulerMetrics()
+        idempotency = [middleware for middleware in self.broker.middleware if isinstance(middleware, Idempotency)]
+        self.unsent_after = idempotency[0].unsent_after if idempotency else None
         self._scheduler: BackgroundScheduler | None = None
         self._tasks: TaskContext | None = None
 
     def start(self, *, now: datetime | None = None) -> None:
         scheduler = BackgroundScheduler(
             timezone=UTC,
-            executors={"default": _TickExecutor(max_workers=TICK_THREADS)},
+            executors={"default": _TickExecutor(max_workers=TICK_THREADS), _RECHECK_EXECUTOR: PlainExecutor(1)},
             job_defaults={"coalesce": self.coalesce, "misfire_grace_time": self.misfire_grace.total_seconds()},
         )  # fmt: skip
         scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
@@ -121,8 +131,9 @@ class TickRunner:
         # added, before the executor supplies scheduled_for and missed.
         return self.tick(entry, **tick)
 
-    def tick(self, entry: Entry, *, scheduled_for: datetime, missed: bool) -> str:
-        """Handle one tick of ``entry``; returns its outcome."""
+    def tick(self, entry: Entry, *, scheduled_for: datetime, missed: bool, recheck: bool = True) -> str:
+        """Handle one tick of ``entry``; returns its outcome. ``recheck``: fire once more later if the
+        tick's key is held by a message that may never have been sent."""
         scheduled_for = scheduled_for.astimezone(UTC)
         late_ms = max(0, round((datetime.now(UTC) - scheduled_for).total_seconds() * 1000))
         fields = {"entry": entry.name, "runs": entry.runs, "scheduled_for": scheduled_for.isoformat(),
@@ -144,6 +155,8 @@ class TickRunner:
         except DuplicateJob as duplicate:
             self._record(entry, scheduled_for, DUPLICATE, duplicate.existing_message_id, None)
             emit_event("schedule.duplicate", message_id=duplicate.existing_message_id, **fields)
+            if recheck and get_job(self.database, duplicate.existing_message_id) is None:
+                self._recheck_later(entry, scheduled_for)
             return DUPLICATE
         except Exception as error:
             release_key(self.database, entry.tick_key(scheduled_for), message.message_id)
@@ -154,6 +167,28 @@ class TickRunner:
         self._record(entry, scheduled_for, ENQUEUED, message.message_id, None)
         emit_event("schedule.enqueued", message_id=message.message_id, **fields)
         return ENQUEUED
+
+    def pending_rechecks(self) -> list[str]:
+        """The ticks waiting for a second fire, as ``entry@time``."""
+        if self._scheduler is None:
+            return []
+        return [job.id for job in self._scheduler.get_jobs() if job.executor == _RECHECK_EXECUTOR]
+
+    def _recheck_later(self, entry: Entry, scheduled_for: datetime) -> None:
+        """Fire this tick once more when a claim whose message was never sent can be taken over. If
+        the holder was sent after all, that fire is one more duplicate."""
+        if self._scheduler is None or self.unsent_after is None:
+            return
+        run_at = datetime.now(UTC) + self.unsent_after + _RECHECK_MARGIN
+        self._scheduler.add_job(
+            self.tick, trigger="date", run_date=run_at, args=(entry,), executor=_RECHECK_EXECUTOR,
+            kwargs={"scheduled_for": scheduled_for, "missed": False, "recheck": False},
+            id=f"{entry.name}@{scheduled_for.isoformat()}", replace_existing=True, misfire_grace_time=None,
+        )  # fmt: skip
+        emit_event("schedule.recheck", entry=entry.name, scheduled_for=scheduled_for.isoformat(),
+                   at=run_at.isoformat(), scheduler=self.identity,
+                   reason="the tick's key is held by a message with no job status: a send under way, or one "
+                          "whose scheduler died before sending")  # fmt: skip
 
     def _run_task(self, entry: Entry, scheduled_for: datetime, fields: dict[str, Any]) -> str:
         assert self._tasks is not None, "tasks run only while the runner is started"

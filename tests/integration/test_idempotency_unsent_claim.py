@@ -3,20 +3,29 @@
 Real app processes SIGKILLed inside the send, real Redis, SQLite and a real worker. Killed after
 the claim and before Redis took the message: the message is nowhere, so once the claim is older
 than any send takes, the app's next send takes the key over and the job runs. Killed after Redis
-took it and before its ``queued`` row: the message waits in Redis, so the key stays held.
+took it and before its ``queued`` row: the message waits in Redis, so the key stays held. And a
+scheduler tick whose leader died the first way is fired once more by the next leader.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dramatiq
 import pytest
 from sqlalchemy import select, update
 
+from actors.broker import build_broker
+from actors.settings import Settings
+from actors.system import System
 from middleware.database import Database
 from middleware.idempotency import DEFAULT_UNSENT_AFTER_MS, idempotency_keys
 from middleware.job_status import COMPLETED, get_job
+from middleware.schedule_state import DUPLICATE, ENQUEUED, entry_state
+from scheduler.entries import Entry
+from scheduler.runner import TickRunner
 from tests import harness
 from tests.harness import WorkerProcess, run_python, wait_until
 
@@ -55,9 +64,9 @@ def send(env: dict[str, str], marker: Path, *, die_in: str | None = None) -> str
     return result.stdout.strip()
 
 
-def claim(database: Database):
+def claim_of(database: Database, key: str = KEY):
     with database.engine.connect() as connection:
-        return connection.execute(select(idempotency_keys).where(idempotency_keys.c.key == KEY)).one()
+        return connection.execute(select(idempotency_keys).where(idempotency_keys.c.key == key)).one()
 
 
 def age_claim(database: Database, *, by_ms: int) -> None:
@@ -78,7 +87,7 @@ def test_a_sender_killed_inside_a_keyed_send_loses_no_job_and_duplicates_none(
     marker = tmp_path / "runs.txt"
     try:
         send(env, marker, die_in=die_in)
-        first = claim(database)
+        first = claim_of(database)
         assert get_job(database, first.message_id) is None, "the sender died before the queued row"
         reached_redis = die_in == "after_enqueue"
         assert redis.hexists(f"{redis_namespace}:{QUEUE_HASH}", first.redis_message_id) == reached_redis
@@ -97,7 +106,7 @@ def test_a_sender_killed_inside_a_keyed_send_loses_no_job_and_duplicates_none(
                 job = first.message_id
             else:  # the first message is nowhere: the retry takes the key over and runs
                 assert retry != f"duplicate {first.message_id}" and not retry.startswith("duplicate")
-                assert claim(database).message_id == retry
+                assert claim_of(database).message_id == retry
                 job = retry
             wait_until(lambda: (get_job(database, job) or {}).get("status") == COMPLETED, timeout_s=30,
                        what=f"job {job} to complete")  # fmt: skip
@@ -106,4 +115,40 @@ def test_a_sender_killed_inside_a_keyed_send_loses_no_job_and_duplicates_none(
         assert marker.read_text().splitlines() == ["attempt 1"], "the job ran once"
         assert redis.hlen(f"{redis_namespace}:{QUEUE_HASH}") == 0
     finally:
+        database.dispose()
+
+
+def test_a_tick_whose_leader_died_between_claiming_its_key_and_sending_is_enqueued_by_the_next_leader(
+    sqlite_url: str, redis_namespace: str
+) -> None:
+    settings = Settings.from_env({"BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace,
+                                  "DATABASE_URL": sqlite_url, "IDEMPOTENCY_UNSENT_AFTER_MS": "1000"})  # fmt: skip
+    database = Database(sqlite_url)
+    broker = build_broker(settings, database)
+    actor = dramatiq.actor(lambda kind: None, broker=broker, actor_name="send_report", queue_name="reports")
+    entry = Entry("yearly", cron="0 0 1 1 *", actor="send_report", args=("yearly",))  # never due during the test
+    tick = datetime(2026, 1, 1, tzinfo=UTC)
+    # What the dead leader did: every before_enqueue hook (its claim of the tick's key), and no send.
+    unsent = actor.message_with_options(args=("yearly",), idempotency_key=entry.tick_key(tick))
+    broker.emit_before("enqueue", unsent.copy(options={"redis_message_id": str(uuid.uuid4())}), None)
+    runner = TickRunner([entry], system=System(settings=settings, database=database, broker=broker), identity="new:1")
+    runner.start()
+    reports = f"{redis_namespace}:reports.msgs"
+    try:
+        assert runner.tick(entry, scheduled_for=tick, missed=False) == DUPLICATE  # the claim is too young to judge
+        sent = wait_until(lambda: harness.redis_client().hvals(reports), timeout_s=15,
+                          what="the tick's second fire to enqueue it")  # fmt: skip
+        [message] = [dramatiq.Message.decode(body) for body in sent]
+        assert message.options["idempotency_key"] == entry.tick_key(tick) and message.message_id != unsent.message_id
+        assert claim_of(database, entry.tick_key(tick)).message_id == message.message_id
+        wait_until(lambda: entry_state(database, "yearly")["last_outcome"] == ENQUEUED, timeout_s=5,
+                   what="the second fire to be recorded")  # fmt: skip
+
+        # Once the tick's message has a job status, a duplicate fire is only that: no second fire.
+        assert runner.tick(entry, scheduled_for=tick, missed=False) == DUPLICATE
+        assert runner.pending_rechecks() == []
+        assert harness.redis_client().hlen(reports) == 1
+    finally:
+        runner.stop()
+        broker.close()
         database.dispose()
