@@ -245,8 +245,8 @@ def _bulk_requeue_request(max_per_call: int) -> type[BaseModel]:
         actor=(schemas.Name | None, None),
         kind=(schemas.Kind | None, None),
         since=(schemas.Since | None, None),
-        limit=(Annotated[int, Field(ge=1, le=max_per_call)], max_per_call),
-        dry_run=(bool, False),
+        limit=(Annotated[int, Field(ge=1, le=max_per_call), schemas.JSON_INTEGER], max_per_call),
+        dry_run=(Annotated[bool, schemas.JSON_BOOLEAN], False),
     )
 
 

@@ -6,7 +6,7 @@ from argparse import ArgumentTypeError
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from middleware.database import as_utc
 from middleware.dead_letters import KINDS
@@ -135,10 +135,30 @@ class DeadLetterPage(BaseModel):
     stats: list[QueueDeadLetterStats]
 
 
+def _json_boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _json_integer(value: Any) -> Any:
+    # JSON has one number type, so 5.0 is the integer 5; but true and "5" are not numbers.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    return value
+
+
+#: Request body fields are taken as JSON types: pydantic alone would take true for 1, "5" for 5 and
+#: 1 for true, none of which the OpenAPI document allows. Last in an ``Annotated``, after any
+#: ``Field`` constraints (nested, they would drop out of the document).
+JSON_BOOLEAN = BeforeValidator(_json_boolean)
+JSON_INTEGER = BeforeValidator(_json_integer)
+
+
 class ResolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: Resolving is the one change a dead letter takes; it can be repeated to amend the notes.
-    resolved: Literal[True] = True
+    resolved: Annotated[Literal[True], JSON_BOOLEAN] = True
     by: Name
     notes: Notes | None = None
 

@@ -310,6 +310,11 @@ def test_jobs_are_listed_and_shown_by_message_id(shared_system: System, shared_c
         ("PATCH", "/api/dead-letters/1", {"by": "ada", "colour": "red"}),
         ("PATCH", "/api/dead-letters/1", "not json"),
         ("POST", "/api/dead-letters/requeue", {"limit": -1}),
+        # A JSON body is taken as typed: no true for 1, "5" for 5, or 1 for true (schemathesis found the first).
+        ("POST", "/api/dead-letters/requeue", {"limit": True}),
+        ("POST", "/api/dead-letters/requeue", {"limit": "5"}),
+        ("POST", "/api/dead-letters/requeue", {"dry_run": 1}),
+        ("PATCH", "/api/dead-letters/1", {"by": "ada", "resolved": 1}),
     ],
 )
 def test_bad_input_gets_a_json_4xx_error(shared_client: TestClient, method: str, path: str, body: object) -> None:
