@@ -1,6 +1,6 @@
 """A keyed send whose app process died between claiming the key and sending it does not hold the key for a day.
 
-Real app processes SIGKILLed inside the send, real Redis, SQLite and a real worker. Killed after
+Real app processes SIGKILLed inside the send, real Redis, SQLite and PostgreSQL, and a real worker. Killed after
 the claim and before Redis took the message: the message is nowhere, so once the claim is older
 than any send takes, the app's next send takes the key over and the job runs. Killed after Redis
 took it and before its ``queued`` row: the message waits in Redis, so the key stays held. And a
@@ -78,11 +78,11 @@ def age_claim(database: Database, *, by_ms: int) -> None:
 
 @pytest.mark.parametrize("die_in", ["before_enqueue", "after_enqueue"])
 def test_a_sender_killed_inside_a_keyed_send_loses_no_job_and_duplicates_none(
-    die_in: str, sqlite_url: str, redis_namespace: str, tmp_path: Path
+    die_in: str, database_url: str, redis_namespace: str, tmp_path: Path
 ) -> None:
-    env = {"BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace, "DATABASE_URL": sqlite_url,
+    env = {"BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace, "DATABASE_URL": database_url,
            "STATE_DIR": str(tmp_path)}  # fmt: skip
-    database = Database(sqlite_url)
+    database = Database(database_url)
     redis = harness.redis_client()
     marker = tmp_path / "runs.txt"
     try:
