@@ -102,8 +102,8 @@ class TickRunner:
             scheduler.add_job(self._tick_job, trigger=entry.trigger(), args=(entry,), id=entry.name, name=entry.name,
                               next_run_time=first_ticks[entry.name],
                               max_instances=1 if entry.task is not None else TICK_THREADS)  # fmt: skip
+        self._scheduler = scheduler  # before start: a catch-up tick runs at once, and may schedule a recheck
         scheduler.start()
-        self._scheduler = scheduler
 
     def stop(self) -> None:
         """Stop scheduling; ticks already running finish (each is one enqueue)."""

@@ -23,7 +23,7 @@ from actors.system import System
 from middleware.database import Database
 from middleware.idempotency import DEFAULT_UNSENT_AFTER_MS, idempotency_keys
 from middleware.job_status import COMPLETED, get_job
-from middleware.schedule_state import DUPLICATE, ENQUEUED, entry_state
+from middleware.schedule_state import DUPLICATE, ENQUEUED, entry_state, record_tick
 from scheduler.entries import Entry
 from scheduler.runner import TickRunner
 from tests import harness
@@ -67,6 +67,13 @@ def send(env: dict[str, str], marker: Path, *, die_in: str | None = None) -> str
 def claim_of(database: Database, key: str = KEY):
     with database.engine.connect() as connection:
         return connection.execute(select(idempotency_keys).where(idempotency_keys.c.key == key)).one()
+
+
+def ticks_counted(runner: TickRunner, entry: str, outcome: str) -> float:
+    """``jobs_scheduler_ticks_total{entry, outcome}`` as the replica serves it."""
+    samples = [sample for family in runner.metrics.collect() for sample in family.samples]
+    wanted = {"entry": entry, "outcome": outcome}
+    return sum(s.value for s in samples if s.name == "jobs_scheduler_ticks_total" and s.labels == wanted)
 
 
 def age_claim(database: Database, *, by_ms: int) -> None:
@@ -121,28 +128,33 @@ def test_a_sender_killed_inside_a_keyed_send_loses_no_job_and_duplicates_none(
 def test_a_tick_whose_leader_died_between_claiming_its_key_and_sending_is_enqueued_by_the_next_leader(
     sqlite_url: str, redis_namespace: str
 ) -> None:
-    settings = Settings.from_env({"BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace,
-                                  "DATABASE_URL": sqlite_url, "IDEMPOTENCY_UNSENT_AFTER_MS": "1000"})  # fmt: skip
+    settings = Settings.from_env({
+        "BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace, "DATABASE_URL": sqlite_url,
+        "IDEMPOTENCY_UNSENT_AFTER_MS": "1000", "SCHEDULER_MISFIRE_GRACE_MS": str(2 * 3_600_000),
+    })  # fmt: skip
     database = Database(sqlite_url)
     broker = build_broker(settings, database)
     actor = dramatiq.actor(lambda kind: None, broker=broker, actor_name="send_report", queue_name="reports")
-    entry = Entry("yearly", cron="0 0 1 1 *", actor="send_report", args=("yearly",))  # never due during the test
-    tick = datetime(2026, 1, 1, tzinfo=UTC)
-    # What the dead leader did: every before_enqueue hook (its claim of the tick's key), and no send.
-    unsent = actor.message_with_options(args=("yearly",), idempotency_key=entry.tick_key(tick))
+    entry = Entry("hourly", every="1h", actor="send_report", args=("hourly",))
+    tick = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)  # the hour the dead leader was sending
+    # What the dead leader did: the tick before was recorded; for this one, every before_enqueue hook
+    # (its claim of the tick's key) and no send.
+    record_tick(database, "hourly", scheduled_for=tick - timedelta(hours=1), outcome=ENQUEUED, message_id=None,
+                error=None, fired_by="dead:1")  # fmt: skip
+    unsent = actor.message_with_options(args=("hourly",), idempotency_key=entry.tick_key(tick))
     broker.emit_before("enqueue", unsent.copy(options={"redis_message_id": str(uuid.uuid4())}), None)
     runner = TickRunner([entry], system=System(settings=settings, database=database, broker=broker), identity="new:1")
-    runner.start()
     reports = f"{redis_namespace}:reports.msgs"
     try:
-        assert runner.tick(entry, scheduled_for=tick, missed=False) == DUPLICATE  # the claim is too young to judge
+        runner.start()  # catches the tick up at once: a duplicate, since the claim is too young to judge
         sent = wait_until(lambda: harness.redis_client().hvals(reports), timeout_s=15,
                           what="the tick's second fire to enqueue it")  # fmt: skip
         [message] = [dramatiq.Message.decode(body) for body in sent]
         assert message.options["idempotency_key"] == entry.tick_key(tick) and message.message_id != unsent.message_id
         assert claim_of(database, entry.tick_key(tick)).message_id == message.message_id
-        wait_until(lambda: entry_state(database, "yearly")["last_outcome"] == ENQUEUED, timeout_s=5,
+        wait_until(lambda: entry_state(database, "hourly")["last_outcome"] == ENQUEUED, timeout_s=5,
                    what="the second fire to be recorded")  # fmt: skip
+        assert ticks_counted(runner, "hourly", DUPLICATE) == 1, "the catch-up itself was a duplicate"
 
         # Once the tick's message has a job status, a duplicate fire is only that: no second fire.
         assert runner.tick(entry, scheduled_for=tick, missed=False) == DUPLICATE
