@@ -38,6 +38,22 @@ def required_revisions() -> set[str]:
     return set(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
 
 
+def unknown_revisions(current: set[str]) -> set[str]:
+    """The database's revisions that this code has no migration for: a newer release upgraded it."""
+    known = {script.revision for script in ScriptDirectory(str(MIGRATIONS_DIR)).walk_revisions()}
+    return current - known
+
+
+def newer_than_code(current: set[str]) -> str | None:
+    """What to say when a newer release upgraded the database: this code can neither use nor migrate it."""
+    unknown = unknown_revisions(current)
+    if not unknown:
+        return None
+    needed = ", ".join(sorted(required_revisions()))
+    return (f"the database is at schema {', '.join(sorted(unknown))}, newer than this code (which needs {needed}): "
+            "a newer release upgraded it; run that release here.")  # fmt: skip
+
+
 def current_revisions(database: Database) -> set[str]:
     with database.engine.connect() as connection:
         return set(MigrationContext.configure(connection).get_current_heads())
@@ -63,6 +79,8 @@ def schema_problem(database: Database, *, wait_s: float = 20.0) -> str | None:
     required = required_revisions()
     if current == required:
         return None
+    if newer := newer_than_code(current):
+        return newer
     needed = ", ".join(sorted(required))
     found = f"is at {', '.join(sorted(current))}" if current else "has no schema"
     return f"the database {found} but this code needs schema {needed}; run `python -m ops db upgrade`."

@@ -66,22 +66,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    from actors.schema import current_revisions, upgrade
+    from alembic.util import CommandError
+
+    from actors.schema import current_revisions, newer_than_code, upgrade
     from actors.system import current_system
 
     database = current_system().database
-    upgrade(database, args.revision)
+    if newer := newer_than_code(current_revisions(database)):
+        print(f"error: {newer}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        upgrade(database, args.revision)
+    except CommandError as error:  # e.g. --revision names no revision: Alembic's sentence, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"Schema is at {', '.join(sorted(current_revisions(database)))} ({_safe_url(database.url)}).")
     return EXIT_OK
 
 
 def _db_current(args: argparse.Namespace) -> int:
-    from actors.schema import current_revisions, required_revisions
+    from actors.schema import current_revisions, required_revisions, unknown_revisions
     from actors.system import current_system
 
     database = current_system().database
     current, required = current_revisions(database), required_revisions()
-    state = "up to date" if current == required else f"behind (needs {', '.join(sorted(required))})"
+    if current == required:
+        state = "up to date"
+    elif unknown_revisions(current):
+        state = f"newer than this code (which needs {', '.join(sorted(required))})"
+    else:
+        state = f"behind (needs {', '.join(sorted(required))})"
     print(f"Schema is at {', '.join(sorted(current)) or 'no schema'}: {state}.")
     return EXIT_OK if current == required else EXIT_FAILED
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from actors.schema import required_revisions
 from tests import harness
@@ -87,3 +87,32 @@ def test_the_migrations_create_exactly_the_tables_the_code_declares(tmp_path: Pa
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
     engine.dispose()
     assert differences == [], "a table or column in the code has no migration (or the reverse)"
+
+
+def test_a_database_a_newer_release_upgraded_is_named_as_such_and_nothing_here_touches_it(
+    sqlite_url: str, redis_namespace: str, tmp_path: Path
+) -> None:
+    engine = create_engine(sqlite_url)
+    with engine.begin() as connection:  # as a release with one more migration would leave it
+        connection.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+    engine.dispose()
+    env = {"DATABASE_URL": sqlite_url, "BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace}
+    newer = f"the database is at schema 0999, newer than this code (which needs {HEAD}): a newer release upgraded it"
+
+    current = run_ops(env, "db", "current")
+    assert (current.returncode, current.stdout.strip()) == (1, f"Schema is at 0999: newer than this code (which "
+                                                               f"needs {HEAD}).")  # fmt: skip
+    upgrade = run_ops(env, "db", "upgrade")
+    assert upgrade.returncode == 1 and f"error: {newer}" in upgrade.stderr
+    assert "Traceback" not in upgrade.stderr
+
+    worker = WorkerProcess(env, log_path=tmp_path / "worker.log")
+    assert worker.process.wait(timeout=60) == 2
+    worker.stop()
+    assert f"worker cannot start: {newer}" in worker.log()
+
+
+def test_an_unknown_target_revision_is_refused_in_one_line(sqlite_url: str) -> None:
+    result = run_ops({"DATABASE_URL": sqlite_url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade",
+                     "--revision", "0042")  # fmt: skip
+    assert (result.returncode, result.stderr.strip()) == (1, "error: Can't locate revision identified by '0042'")
