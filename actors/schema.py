@@ -44,14 +44,22 @@ def unknown_revisions(current: set[str]) -> set[str]:
     return current - known
 
 
+def schema_state(current: set[str]) -> str:
+    """``up to date``, ``newer than this code (which needs X)`` or ``behind (needs X)``."""
+    required = required_revisions()
+    needed = ", ".join(sorted(required))
+    if current == required:
+        return "up to date"
+    return f"newer than this code (which needs {needed})" if unknown_revisions(current) else f"behind (needs {needed})"
+
+
 def newer_than_code(current: set[str]) -> str | None:
     """What to say when a newer release upgraded the database: this code can neither use nor migrate it."""
     unknown = unknown_revisions(current)
     if not unknown:
         return None
-    needed = ", ".join(sorted(required_revisions()))
-    return (f"the database is at schema {', '.join(sorted(unknown))}, newer than this code (which needs {needed}): "
-            "a newer release upgraded it; run that release here.")  # fmt: skip
+    return (f"the database is at schema {', '.join(sorted(unknown))}, {schema_state(current)}: a newer release "
+            "upgraded it; run that release here.")  # fmt: skip
 
 
 def current_revisions(database: Database) -> set[str]:

@@ -85,19 +85,13 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _db_current(args: argparse.Namespace) -> int:
-    from actors.schema import current_revisions, required_revisions, unknown_revisions
+    from actors.schema import current_revisions, schema_state
     from actors.system import current_system
 
-    database = current_system().database
-    current, required = current_revisions(database), required_revisions()
-    if current == required:
-        state = "up to date"
-    elif unknown_revisions(current):
-        state = f"newer than this code (which needs {', '.join(sorted(required))})"
-    else:
-        state = f"behind (needs {', '.join(sorted(required))})"
+    current = current_revisions(current_system().database)
+    state = schema_state(current)
     print(f"Schema is at {', '.join(sorted(current)) or 'no schema'}: {state}.")
-    return EXIT_OK if current == required else EXIT_FAILED
+    return EXIT_OK if state == "up to date" else EXIT_FAILED
 
 
 def _safe_url(url: str) -> str:
