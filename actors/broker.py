@@ -97,10 +97,12 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
         # Gives checkpointed actors their saved position and completes it when they succeed. On
         # RabbitMQ a long job hands its message back before the consumer_timeout would redeliver it.
         # It also warns at boot of any actor that is not checkpointed and may outlive that timeout.
+        # A checkpoint is leased to one delivery at a time, so two runs of a job never interleave.
         Checkpoints(
             database=database,
             hand_back_after_ms=None if redis else settings.rabbitmq_hand_back_after_ms,
             consumer_timeout_ms=None if redis else settings.rabbitmq_consumer_timeout_ms,
+            lease_ms=settings.checkpoint_lease_ms,
         ),
         # Sends long recordings to the large queue with the long time limit, when messages are built.
         DurationRouting(

@@ -68,6 +68,9 @@ class Settings:
     #: RabbitMQ's ``consumer_timeout`` (its default: 30 min). A checkpointed job hands its message
     #: back at its first checkpoint after 80 % of it, before RabbitMQ would redeliver it mid-run.
     rabbitmq_consumer_timeout_ms: int = 30 * MINUTE_MS
+    #: A checkpoint's lease (middleware/checkpoints.py) holds this long without a save against a
+    #: delivery of another message for the same work, which waits meanwhile.
+    checkpoint_lease_ms: int = 10 * MINUTE_MS
     #: Worker health (middleware/worker_health.py, ops/health.py): each worker process writes its
     #: heartbeat row this often; one older than the stale limit is a dead or hung worker; rows of
     #: workers silent for the forget limit are deleted.
@@ -141,6 +144,7 @@ class Settings:
             max_deliveries=env.integer("MAX_DELIVERIES", 5, minimum=1),
             idempotency_ttl_ms=env.integer("IDEMPOTENCY_TTL_MS", 24 * 60 * MINUTE_MS, minimum=1_000),
             idempotency_unsent_after_ms=env.integer("IDEMPOTENCY_UNSENT_AFTER_MS", MINUTE_MS, minimum=1_000),
+            checkpoint_lease_ms=env.integer("CHECKPOINT_LEASE_MS", 10 * MINUTE_MS, minimum=1_000),
             admin_tokens=_admin_tokens(env, "ADMIN_TOKENS"),
             admin_readonly_tokens=_admin_tokens(env, "ADMIN_READONLY_TOKENS"),
             admin_bind=env.text("ADMIN_BIND", "127.0.0.1"),

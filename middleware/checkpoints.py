@@ -10,7 +10,19 @@
 4. When the actor returns, the checkpoint is marked completed; a later delivery of the same
    work (a duplicate, or the redelivery of a message whose ack was lost) is skipped.
 
-5. On RabbitMQ, whose ``consumer_timeout`` (30 min by default) closes the channel of a delivery
+5. A checkpoint is leased to one delivery at a time, so two runs of one job never interleave
+   their output (a worker taken for dead while its job still runs; the same work sent twice):
+   - Loading claims the lease. Another delivery of the *same message* takes it over at once: a
+     broker delivers a message again only once it holds its previous delivery for gone.
+   - A delivery of *another message* for the same work waits while the lease is held and fresh
+     (:class:`CheckpointBusy`: handed back with a growing delay, spending no attempt), until the
+     holder completes the work (then it is skipped), releases the lease, or saves nothing for
+     ``lease_ms`` (then it takes over).
+   - Every save renews the lease and is fenced by it: a delivery that lost its lease raises
+     :class:`CheckpointSuperseded` from ``saving`` before the actor writes that save's output.
+   - The lease is released when the delivery ends, however it ends.
+
+6. On RabbitMQ, whose ``consumer_timeout`` (30 min by default) closes the channel of a delivery
    held unacked for longer and redelivers it while the job still runs, a checkpointed job
    hands its message back at the first checkpoint after ``hand_back_after_ms`` (:class:`HandBack`,
    an interruption that spends no attempt): the next delivery continues after that checkpoint.
@@ -25,15 +37,17 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq import Retry
+from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 from sqlalchemy import (
     JSON,
     Column,
@@ -45,6 +59,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    or_,
     select,
     update,
 )
@@ -75,13 +90,41 @@ job_checkpoints = Table(
     Column("completed_at", DateTime(timezone=True), nullable=True),
     #: The message that saved the checkpoint, to enqueue again if the broker loses it (stalled jobs).
     Column("message", JSON, nullable=True),
+    #: The delivery that may save the checkpoint (a token per delivery); None once it is released.
+    Column("lease_token", String(32), nullable=True),
 )
+
+#: A lease that saved nothing for this long may be taken over by another message for the same work.
+DEFAULT_LEASE_MS = 10 * 60_000
+#: A delivery waiting for another one's lease looks again after 1, 2, 4 ... s, at most this long.
+BUSY_RETRY_MAX_MS = 30_000
 
 _current: ContextVar[Checkpoint | None] = ContextVar("current_checkpoint", default=None)
 
 
 class CheckpointAlreadyCompleted(SkipMessage):
     """The work this message carries was completed by an earlier delivery; it is skipped."""
+
+
+class CheckpointBusy(MiddlewareError, Retry):
+    """Another message's delivery holds this work's checkpoint: this one is handed back to wait,
+    spending no attempt. A ``MiddlewareError``, so raised from ``before_process_message`` it stops
+    the actor from running (Dramatiq swallows any other error there); a ``Retry``, so the worker
+    does not log it as an error."""
+
+    def __init__(self, text: str, *, held_by: str, delay: int) -> None:
+        super().__init__(text, delay=delay)
+        self.held_by = held_by
+
+
+class CheckpointSuperseded(Retry):
+    """This delivery lost its checkpoint's lease to ``by_message_id``'s delivery; the save that
+    found it out wrote nothing. A delivery of another message is handed back (it will
+    wait for the holder); one of the same message just ends: that message runs elsewhere now."""
+
+    def __init__(self, text: str, *, by_message_id: str | None) -> None:
+        super().__init__(text)
+        self.by_message_id = by_message_id
 
 
 class HandBack(Exception):
@@ -101,11 +144,12 @@ def current_checkpoint() -> Checkpoint:
 
 
 class Checkpoint:
-    """The saved position of one job; loaded from the database on first use."""
+    """The saved position of one job, and this delivery's lease on it; loaded on first use."""
 
     def __init__(
-        self, *, database: Database, key: str, message: dramatiq.Message, hand_back_at: float | None = None
-    ) -> None:
+        self, *, database: Database, key: str, message: dramatiq.Message, hand_back_at: float | None = None,
+        lease_ms: int = DEFAULT_LEASE_MS,
+    ) -> None:  # fmt: skip
         self.database = database
         #: time.monotonic() after which the next saved checkpoint hands the message back.
         self.hand_back_at = hand_back_at
@@ -113,6 +157,9 @@ class Checkpoint:
         self.message = message
         self.actor_name = message.actor_name
         self.message_id = message.message_id
+        self.lease_ms = lease_ms
+        #: This delivery's lease, once load() has claimed it.
+        self.lease_token: str | None = None
         self._loaded = False
         self._position: Any = None
         self.resumed = False
@@ -127,57 +174,142 @@ class Checkpoint:
 
     @contextmanager
     def saving(self, position: Any, *, progress: float | None = None) -> Iterator[Connection]:
-        """Write output on the yielded connection; it commits together with ``position``."""
+        """Write output on the yielded connection; it commits together with ``position``, or not at
+        all if this delivery lost the checkpoint's lease (:class:`CheckpointSuperseded`)."""
+        if not self._loaded:
+            self.load()
         now = datetime.now(UTC)
         with self.database.transaction() as connection:
-            yield connection
-            connection.execute(_save_statement(connection.dialect.name), {
+            # The checkpoint first: a delivery that lost its lease stops before it writes any output
+            # (which could collide with the new holder's), and on PostgreSQL the row stays locked
+            # until this commits, so a takeover waits for it instead of racing it.
+            saved = connection.execute(_save_statement(connection.dialect.name), {
                 "key": self.key, "actor_name": self.actor_name, "message_id": self.message_id,
                 "position": position, "progress": progress, "now": now, "message": self._payload,
+                "token": self.lease_token,
             })  # fmt: skip
+            if saved.first() is None:  # not rowcount: on PostgreSQL, SQLAlchemy gives -1 for an upsert
+                raise self._superseded(connection, position)
             if progress is not None:
                 connection.execute(_progress_statement, {
                     "of_message": self.message_id, "new_progress": progress, "now": now,
                 })  # fmt: skip
+            yield connection
         self._position = position
-        self._loaded = True
         log_event("checkpoint.saved", self.message, position=position)
         if self.hand_back_at is not None and time.monotonic() >= self.hand_back_at:
             log_event("checkpoint.handed_back", self.message, position=position)
             raise HandBack(f"message {self.message_id} was held too long for its broker; handed back at {position!r}")
 
     def load(self) -> None:
-        """Read the saved position; raises CheckpointAlreadyCompleted if the work is done."""
+        """Claim the checkpoint's lease and read its position.
+
+        Raises CheckpointAlreadyCompleted if the work is done, CheckpointBusy if another message's
+        delivery holds the lease.
+        """
+        now = datetime.now(UTC)
+        token = uuid.uuid4().hex
         with self.database.transaction() as connection:
-            row = connection.execute(select(job_checkpoints).where(job_checkpoints.c.key == self.key)).first()
-            if row is not None and row.completed_at is not None:
-                raise CheckpointAlreadyCompleted(
-                    f"Checkpoint {self.key!r} was completed at {row.completed_at}; skipping message {self.message_id}."
-                )
-            if row is not None and row.position is not None:
+            claimed = connection.execute(_claim_statement(connection.dialect.name), {
+                "key": self.key, "actor_name": self.actor_name, "message_id": self.message_id, "now": now,
+                "message": self._payload, "token": token, "stale_before": now - timedelta(milliseconds=self.lease_ms),
+            }).first()  # fmt: skip
+            if claimed is None:
+                holder_query = select(job_checkpoints.c.message_id, job_checkpoints.c.completed_at)
+                holder = connection.execute(holder_query.where(job_checkpoints.c.key == self.key)).one()
+                if holder.completed_at is not None:
+                    raise CheckpointAlreadyCompleted(
+                        f"Checkpoint {self.key!r} was completed at {holder.completed_at}; skipping message "
+                        f"{self.message_id}."
+                    )
+                raise self._busy(holder.message_id)
+            if claimed.position is not None:
                 connection.execute(
                     update(job_checkpoints)
                     .where(job_checkpoints.c.key == self.key)
-                    .values(resumes=job_checkpoints.c.resumes + 1, resumed_from=row.position)
+                    .values(resumes=job_checkpoints.c.resumes + 1, resumed_from=claimed.position)
                 )
-                self._position = row.position
+                self._position = claimed.position
                 self.resumed = True
+        self.lease_token = token
         self._loaded = True
         if self.resumed:
             log_event("checkpoint.resumed", self.message, position=self._position)
 
+    def finish(self, *, completed: bool) -> None:
+        """Release the lease when the delivery ends; ``completed``: mark the work done as well."""
+        values: dict[str, Any] = {"lease_token": None}
+        if completed:
+            values.update(completed_at=datetime.now(UTC), progress=1.0)
+        conditions = [job_checkpoints.c.key == self.key, job_checkpoints.c.completed_at.is_(None)]
+        if self.lease_token is not None:  # None: the checkpoint was never loaded (the database was down)
+            conditions.append(job_checkpoints.c.lease_token == self.lease_token)
+        elif not completed:
+            return
+        with self.database.transaction() as connection:
+            finished = connection.execute(update(job_checkpoints).where(*conditions).values(**values)).rowcount
+        if completed and not finished and self.lease_token is not None:
+            # Every save of this delivery committed, but another delivery holds the work now and
+            # completes it once it has resumed after them.
+            log_event("checkpoint.superseded", self.message, position=self._position, by_message_id=None)
+
+    def _busy(self, holder_message_id: str) -> CheckpointBusy:
+        waits = self.message.options.get("checkpoint_waits", 0)
+        self.message.options["checkpoint_waits"] = waits + 1
+        delay_ms = min(BUSY_RETRY_MAX_MS, 1_000 * 2**waits)
+        log_event("checkpoint.busy", self.message, held_by=holder_message_id, retry_in_ms=delay_ms)
+        return CheckpointBusy(
+            f"checkpoint {self.key!r} is held by message {holder_message_id}; message {self.message_id} "
+            f"waits for it (next look in {delay_ms / 1000:g} s)", held_by=holder_message_id, delay=delay_ms,
+        )  # fmt: skip
+
+    def _superseded(self, connection: Connection, position: Any) -> CheckpointSuperseded:
+        holder = connection.scalar(select(job_checkpoints.c.message_id).where(job_checkpoints.c.key == self.key))
+        log_event("checkpoint.superseded", self.message, position=position, by_message_id=holder)
+        return CheckpointSuperseded(
+            f"message {self.message_id} lost checkpoint {self.key!r} to message {holder}'s delivery; its save at "
+            f"{position!r} was not written", by_message_id=holder,
+        )  # fmt: skip
+
+
+@cache
+def _claim_statement(dialect_name: str) -> Insert:
+    """Claims the lease (creating the row on a first run) unless the work is complete or another
+    message's delivery holds a fresh lease; returns the saved position, or no row if not claimed."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    now = bindparam("now", type_=job_checkpoints.c.updated_at.type)
+    statement = dialect.insert(job_checkpoints).values(
+        key=bindparam("key"), actor_name=bindparam("actor_name"), message_id=bindparam("message_id"), saves=0,
+        resumes=0, created_at=now, updated_at=now, message=bindparam("message", type_=JSON),
+        lease_token=bindparam("token"),
+    )  # fmt: skip
+    stale_before = bindparam("stale_before", type_=job_checkpoints.c.updated_at.type)
+    current = job_checkpoints.c
+    return statement.on_conflict_do_update(
+        index_elements=["key"],
+        set_={
+            "lease_token": statement.excluded.lease_token, "message_id": statement.excluded.message_id,
+            "message": statement.excluded.message, "updated_at": statement.excluded.updated_at,
+        },
+        where=current.completed_at.is_(None) & or_(
+            current.lease_token.is_(None), current.message_id == statement.excluded.message_id,
+            current.updated_at < stale_before,
+        ),
+    ).returning(current.position)  # fmt: skip
+
 
 @cache
 def _save_statement(dialect_name: str) -> Insert:
-    """The checkpoint's upsert, built once per dialect: building it for every save cost more CPU
-    than the database's round trips (profiled: ``bench/README.md``)."""
+    """The checkpoint's upsert, fenced by the lease, built once per dialect: building it for every
+    save cost more CPU than the database's round trips (profiled: ``bench/README.md``)."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     now = bindparam("now", type_=job_checkpoints.c.updated_at.type)
     statement = dialect.insert(job_checkpoints).values(
         key=bindparam("key"), actor_name=bindparam("actor_name"), message_id=bindparam("message_id"),
         position=bindparam("position", type_=JSON), progress=bindparam("progress"), saves=1, resumes=0,
-        created_at=now, updated_at=now, message=bindparam("message", type_=JSON),
+        created_at=now, updated_at=now, message=bindparam("message", type_=JSON), lease_token=bindparam("token"),
     )  # fmt: skip
+    # A row deleted meanwhile (by an operator) is written anew, leased to this delivery.
     return statement.on_conflict_do_update(
         index_elements=["key"],
         set_={
@@ -185,7 +317,8 @@ def _save_statement(dialect_name: str) -> Insert:
             "message_id": statement.excluded.message_id, "saves": job_checkpoints.c.saves + 1,
             "updated_at": statement.excluded.updated_at, "message": statement.excluded.message,
         },
-    )  # fmt: skip
+        where=job_checkpoints.c.lease_token == statement.excluded.lease_token,
+    ).returning(job_checkpoints.c.key)  # fmt: skip
 
 
 _progress_statement = (
@@ -193,15 +326,6 @@ _progress_statement = (
     .where(job_status.c.message_id == bindparam("of_message"))
     .values(progress=bindparam("new_progress"), updated_at=bindparam("now", type_=job_status.c.updated_at.type))
 )
-
-
-def mark_completed(database: Database, key: str) -> None:
-    with database.transaction() as connection:
-        connection.execute(
-            update(job_checkpoints)
-            .where(job_checkpoints.c.key == key, job_checkpoints.c.completed_at.is_(None))
-            .values(completed_at=datetime.now(UTC), progress=1.0)
-        )
 
 
 class Checkpoints(Middleware):
@@ -215,6 +339,8 @@ class Checkpoints(Middleware):
       consumer_timeout_ms: RabbitMQ's ``consumer_timeout``. At boot, each actor that is not
         checkpointed and whose jobs may run longer (:func:`longest_time_limit_ms`) is named in a
         warning: the broker would deliver its message again while the job still runs.
+      lease_ms: how long a checkpoint's lease holds without a save against a delivery of another
+        message for the same work (a delivery of the same message takes it over at once).
 
     Actor options:
       checkpointed(bool): the actor calls :func:`current_checkpoint`.
@@ -223,9 +349,11 @@ class Checkpoints(Middleware):
     """
 
     def __init__(
-        self, *, database: Database, hand_back_after_ms: int | None = None, consumer_timeout_ms: int | None = None
-    ) -> None:
+        self, *, database: Database, hand_back_after_ms: int | None = None, consumer_timeout_ms: int | None = None,
+        lease_ms: int = DEFAULT_LEASE_MS,
+    ) -> None:  # fmt: skip
         self.database = database
+        self.lease_ms = lease_ms
         self.hand_back_after_ms = hand_back_after_ms
         self.consumer_timeout_ms = consumer_timeout_ms
 
@@ -259,10 +387,12 @@ class Checkpoints(Middleware):
         hand_back_at = None
         if self.hand_back_after_ms is not None:
             hand_back_at = time.monotonic() + self.hand_back_after_ms / 1000
-        checkpoint = Checkpoint(database=self.database, key=key, message=message, hand_back_at=hand_back_at)
+        checkpoint = Checkpoint(
+            database=self.database, key=key, message=message, hand_back_at=hand_back_at, lease_ms=self.lease_ms
+        )
         _current.set(checkpoint)
         try:
-            # Loaded here so completed work is skipped before the actor starts.
+            # Loaded here so completed work is skipped, and a busy checkpoint waited for, before the actor starts.
             checkpoint.load()
         except SQLAlchemyError:
             logger.warning(
@@ -280,11 +410,14 @@ class Checkpoints(Middleware):
     ) -> None:
         checkpoint = _current.get()
         _current.set(None)
-        if checkpoint is not None and exception is None:
-            mark_completed(self.database, checkpoint.key)
+        if checkpoint is not None:
+            checkpoint.finish(completed=exception is None)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        checkpoint = _current.get()
         _current.set(None)
+        if checkpoint is not None and checkpoint.lease_token is not None:  # skipped by a later middleware
+            checkpoint.finish(completed=False)
 
 
 def _duration(milliseconds: float) -> str:

@@ -24,3 +24,7 @@ class FailureDecision:
 #: The decision about the message this worker thread just processed; None when it succeeded
 #: or was handed back after an interruption.
 current_failure: ContextVar[FailureDecision | None] = ContextVar("current_failure", default=None)
+
+#: True when this delivery stopped because another delivery of the same message holds its job now
+#: (it lost its checkpoint's lease): it writes nothing more about the job, which runs elsewhere.
+delivery_superseded: ContextVar[bool] = ContextVar("delivery_superseded", default=False)

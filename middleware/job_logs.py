@@ -6,10 +6,13 @@ The vocabulary is part of the API (tests assert it exactly):
     job.success        duration_ms, attempt
     job.retry          delay_ms, error, fatal (false), attempt
     job.failed         error, fatal, will_retry, attempt, max_attempts, duration_ms
-    job.interrupted    reason (Shutdown, TimeLimitExceeded, HandBack, DatabaseUnavailable): handed back, no attempt
+    job.interrupted    reason (Shutdown, TimeLimitExceeded, HandBack, CheckpointBusy, CheckpointSuperseded,
+                       DatabaseUnavailable): handed back (or, superseded by its own redelivery, ended), no attempt
     job.dead_lettered  kind (fatal, retryable or poison), error, dead_letter_id
     checkpoint.saved   position
     checkpoint.resumed position
+    checkpoint.busy    held_by, retry_in_ms: another message's delivery holds the checkpoint's lease
+    checkpoint.superseded  position, by_message_id: this delivery lost the lease; that save rolled back
 
 Every line also has ``event``, ``message_id``, ``actor``, ``queue`` and ``timestamp`` (UTC,
 ISO 8601). Any module emits with :func:`log_event`; :class:`JobLogs` emits the job lifecycle.

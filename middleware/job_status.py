@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 
 from middleware.database import Database, metadata
-from middleware.failure_decision import current_failure
+from middleware.failure_decision import current_failure, delivery_superseded
 from middleware.group_commit import GroupCommit, Write
 from middleware.poison_messages import DEFAULT_MAX_DELIVERIES, PoisonMessage, is_poison
 from middleware.status_writer import (
@@ -126,7 +126,7 @@ class JobStatus(Middleware):
             decision = current_failure.get()
             reason = f" ({decision.classification.reason})" if decision is not None else ""
             self._finish(message, status=FAILED, error=f"{type(exception).__name__}: {exception}{reason}")
-        else:  # retried, or handed back after an interruption: still in progress for the app
+        elif not delivery_superseded.get():  # retried, or handed back: still in progress for the app
             self._finish(message, status=PROCESSING, finished=False)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:

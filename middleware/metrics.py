@@ -90,7 +90,7 @@ dead_letters_recorded_total = Counter(
 )
 interruptions_total = Counter(
     "jobs_interruptions_total", "Deliveries handed back without spending an attempt (Shutdown, TimeLimitExceeded, "
-    "HandBack).", (*MESSAGE_LABELS, "reason"),
+    "HandBack, CheckpointBusy, CheckpointSuperseded).", (*MESSAGE_LABELS, "reason"),
 )  # fmt: skip
 time_limit_hits_total = Counter("jobs_time_limit_hits_total", "Deliveries stopped by their time limit.", MESSAGE_LABELS)
 checkpoints_saved_total = Counter("jobs_checkpoints_saved_total", "Checkpoints committed.", MESSAGE_LABELS)
@@ -274,7 +274,7 @@ class Metrics(Middleware):
 
 
 #: Interruption reasons, as the exception names Retries hands back for.
-INTERRUPTION_REASONS = ("Shutdown", "TimeLimitExceeded", "HandBack")
+INTERRUPTION_REASONS = ("Shutdown", "TimeLimitExceeded", "HandBack", "CheckpointBusy", "CheckpointSuperseded")
 
 
 def initialize_counters(broker: dramatiq.Broker) -> None:

@@ -2,7 +2,10 @@
 
 1. An interruption hands the message straight back, spending no attempt: ``Shutdown`` (a
    deploy) for any actor, ``TimeLimitExceeded`` and ``HandBack`` (held too long for RabbitMQ's
-   ``consumer_timeout``) for a checkpointed actor (its next run continues from its checkpoint).
+   ``consumer_timeout``) for a checkpointed actor (its next run continues from its checkpoint),
+   and a checkpoint's lease: ``CheckpointBusy`` (handed back after the delay it names, to wait for
+   the delivery holding it) and ``CheckpointSuperseded`` (handed back, unless the delivery that
+   took the lease over carries this same message: then it just ends).
    It goes back through the delay queue: on Redis, re-enqueueing a message
    id into the queue it is being acked from would let that ack delete the new copy. A failure
    because the database is down is one too (``middleware.database_outages``): the worker thread
@@ -30,10 +33,10 @@ import dramatiq
 from dramatiq import Retry
 from dramatiq.middleware import Middleware, Shutdown, TimeLimitExceeded
 
-from middleware.checkpoints import HandBack
+from middleware.checkpoints import CheckpointBusy, CheckpointSuperseded, HandBack
 from middleware.database_outages import DatabaseOutages
 from middleware.error_classification import Classification, ErrorKind, classify_error
-from middleware.failure_decision import FailureDecision, current_failure
+from middleware.failure_decision import FailureDecision, current_failure, delivery_superseded
 from middleware.job_logs import log_event
 from middleware.reliable_enqueue import enqueue_until_accepted
 from middleware.retry_policies import RetryPolicy
@@ -68,6 +71,7 @@ class Retries(Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         current_failure.set(None)
+        delivery_superseded.set(False)
 
     def after_process_message(
         self,
@@ -82,7 +86,11 @@ class Retries(Middleware):
         actor = broker.get_actor(message.actor_name)
         if is_resumable_interruption(actor, exception):
             log_event("job.interrupted", message, reason=type(exception).__name__)
-            enqueue_until_accepted(broker, message, delay=self.requeue_delay_ms)
+            if isinstance(exception, CheckpointSuperseded) and exception.by_message_id == message.message_id:
+                delivery_superseded.set(True)
+                return
+            delay_ms = exception.delay if isinstance(exception, CheckpointBusy) else None
+            enqueue_until_accepted(broker, message, delay=delay_ms or self.requeue_delay_ms)
             return
         if self.database_outages is not None and self.database_outages.interrupts(message, exception):
             log_event("job.interrupted", message, reason="DatabaseUnavailable")
@@ -152,7 +160,9 @@ def classify_for_actor(actor: dramatiq.Actor, message: dramatiq.Message, excepti
 def is_resumable_interruption(actor: dramatiq.Actor, exception: BaseException) -> bool:
     if isinstance(exception, Shutdown):
         return True
-    return isinstance(exception, TimeLimitExceeded | HandBack) and bool(actor.options.get("checkpointed"))
+    return isinstance(exception, TimeLimitExceeded | HandBack | CheckpointBusy | CheckpointSuperseded) and bool(
+        actor.options.get("checkpointed")
+    )
 
 
 def _arguments_fit(actor: dramatiq.Actor, message: dramatiq.Message) -> bool:

@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import dramatiq
+from sqlalchemy import insert
 
 import actors  # noqa: F401  (configures the broker before these actors are declared)
+from actors.tables import transcript_segments
 from middleware.checkpoints import current_checkpoint
 
 QUEUE = "chaos"
@@ -63,3 +65,17 @@ def checkpointed_steps(marker_path: str, steps: int, step_s: float) -> None:
             marker.write(f"step {step}\n")
     with Path(marker_path).open("a") as marker:
         marker.write("done\n")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=600_000, checkpointed=True)
+def checkpointed_rows(job: str, steps: int, step_s: float) -> None:
+    """``steps`` steps of ``step_s`` each; each step's row (``transcript_segments``, one per index:
+    a second write of an index fails) commits with its checkpoint and names the writing process."""
+    checkpoint = current_checkpoint()
+    first = 0 if checkpoint.position is None else checkpoint.position + 1
+    for step in range(first, steps):
+        time.sleep(step_s)  # the step's own work
+        with checkpoint.saving(step, progress=(step + 1) / steps) as connection:
+            connection.execute(insert(transcript_segments).values(
+                meeting_id=job, idx=step, start_ms=step, end_ms=step + 1, text=str(os.getpid()),
+            ))  # fmt: skip

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import dramatiq
@@ -9,11 +11,22 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Shutdown, TimeLimit
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
-from middleware.checkpoints import Checkpoints, current_checkpoint, job_checkpoints
+from middleware.checkpoints import (
+    Checkpoint,
+    CheckpointAlreadyCompleted,
+    CheckpointBusy,
+    Checkpoints,
+    CheckpointSuperseded,
+    current_checkpoint,
+    job_checkpoints,
+)
 from middleware.database import Database
+from middleware.dead_letter_store import list_dead_letters
+from middleware.job_status import COMPLETED, get_job
 from middleware.routing import DurationRouting, RoutedActor
+from tests.harness import wait_until
 from tests.unit.conftest import outputs
 
 
@@ -100,6 +113,116 @@ def test_completed_work_sent_again_is_skipped(stub_broker: StubBroker, stub_work
     assert runs == ["meeting-1"]
     assert stored_items(database, "meeting-1") == [0, 1, 2]
     assert checkpoint_row(database, "job:meeting-1").completed_at is not None
+
+
+def a_message(name: str = "job") -> dramatiq.Message:
+    return dramatiq.Message(queue_name="default", actor_name=name, args=(), kwargs={}, options={})
+
+
+def save_item(checkpoint: Checkpoint, job: str, item: int) -> None:
+    with checkpoint.saving(item) as connection:
+        connection.execute(insert(outputs).values(job=job, item=item))
+
+
+def test_a_redelivery_takes_the_lease_over_and_the_delivery_it_replaced_can_save_nothing(database: Database) -> None:
+    message = a_message()
+    first = Checkpoint(database=database, key="lease", message=message)
+    first.load()
+    save_item(first, "lease", 0)
+
+    # The broker delivers the same message again (its worker was taken for dead), while the first
+    # delivery still runs.
+    again = Checkpoint(database=database, key="lease", message=message)
+    again.load()
+    assert (again.position, again.resumed) == (0, True)
+
+    with pytest.raises(CheckpointSuperseded) as superseded:
+        save_item(first, "lease", 1)
+    assert superseded.value.by_message_id == message.message_id
+    save_item(again, "lease", 1)
+    save_item(again, "lease", 2)
+
+    assert stored_items(database, "lease") == [0, 1, 2]
+    assert checkpoint_row(database, "lease").position == 2
+
+
+def test_another_message_for_the_same_work_waits_for_a_fresh_lease_and_takes_over_a_stale_one(
+    database: Database,
+) -> None:
+    holder = Checkpoint(database=database, key="shared", message=a_message(), lease_ms=60_000)
+    holder.load()
+    save_item(holder, "shared", 0)
+    other_message = a_message()
+
+    delays = []
+    for _ in range(3):
+        with pytest.raises(CheckpointBusy) as busy:
+            Checkpoint(database=database, key="shared", message=other_message, lease_ms=60_000).load()
+        assert busy.value.held_by == holder.message_id
+        delays.append(busy.value.delay)
+    assert delays == [1_000, 2_000, 4_000], "each look waits twice as long"
+
+    # The holder saved nothing for longer than the lease: it is taken for stuck, and taken over.
+    with database.transaction() as connection:
+        connection.execute(update(job_checkpoints).values(updated_at=datetime.now(UTC) - timedelta(minutes=2)))
+    taker = Checkpoint(database=database, key="shared", message=other_message, lease_ms=60_000)
+    assert taker.position == 0
+    with pytest.raises(CheckpointSuperseded) as superseded:
+        save_item(holder, "shared", 1)
+    assert superseded.value.by_message_id == other_message.message_id
+    save_item(taker, "shared", 1)
+    taker.finish(completed=True)
+
+    row = checkpoint_row(database, "shared")
+    assert (row.position, row.lease_token, row.completed_at is not None) == (1, None, True)
+    with pytest.raises(CheckpointAlreadyCompleted):
+        Checkpoint(database=database, key="shared", message=a_message()).load()
+    assert stored_items(database, "shared") == [0, 1]
+
+
+def test_a_released_lease_is_taken_at_once_by_another_message(database: Database) -> None:
+    failed = Checkpoint(database=database, key="released", message=a_message())
+    failed.load()
+    save_item(failed, "released", 0)
+    failed.finish(completed=False)  # its delivery failed, and it will be retried later
+
+    taker = Checkpoint(database=database, key="released", message=a_message())
+    assert taker.position == 0
+    with pytest.raises(CheckpointSuperseded):
+        save_item(failed, "released", 1)
+
+
+def test_a_second_message_for_running_work_waits_then_is_skipped_when_the_first_completes(
+    stub_broker: StubBroker, stub_worker: Worker, database: Database
+) -> None:
+    runs: list[str] = []
+    may_finish = threading.Event()
+
+    @dramatiq.actor(broker=stub_broker, checkpointed=True, checkpoint_key=lambda name, tag: f"job:{name}")
+    def job(name: str, tag: str) -> None:
+        runs.append(tag)
+        checkpoint = current_checkpoint()
+        start = 0 if checkpoint.position is None else checkpoint.position + 1
+        for item in range(start, 3):
+            with checkpoint.saving(item) as connection:
+                connection.execute(insert(outputs).values(job=name, item=item))
+            may_finish.wait(timeout=30)
+
+    first = job.send("meeting", "first")
+    wait_until(lambda: stored_items(database, "meeting"), timeout_s=10, what="the first item")
+    second = job.send("meeting", "second")
+    # The second message is delivered, finds the checkpoint held, and is handed back to wait.
+    wait_until(lambda: (get_job(database, second.message_id) or {}).get("attempts", 0) >= 2, timeout_s=10,
+               what="the second message to look twice")  # fmt: skip
+    may_finish.set()
+    stub_broker.join(job.queue_name, fail_fast=True)
+    stub_worker.join()
+
+    assert runs == ["first"], "the second message never ran the work"
+    assert stored_items(database, "meeting") == [0, 1, 2]
+    assert [get_job(database, sent.message_id)["status"] for sent in (first, second)] == [COMPLETED, COMPLETED]
+    assert list_dead_letters(database) == []
+    assert checkpoint_row(database, "job:meeting").resumes == 0
 
 
 def test_a_time_limit_hands_the_job_back_to_continue_without_spending_a_retry(
