@@ -6,7 +6,9 @@ module in each worker process, and a connection pool must never cross a fork.
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +28,8 @@ metadata = MetaData(
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+logger = logging.getLogger("middleware.database")
 
 
 class Database:
@@ -86,6 +90,17 @@ def _create_sqlite_engine(url: str) -> Engine:
         # BEGIN IMMEDIATE takes the write lock up front, so two writers wait on busy_timeout
         # rather than one failing when it upgrades a read lock.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine, "invalidate")
+    def _on_invalidate(dbapi_connection: Any, _record: Any, exception: BaseException | None) -> None:
+        # An interrupt landing in a statement (TimeLimitExceeded, Shutdown: BaseExceptions raised
+        # into the thread) makes SQLAlchemy close the connection without a rollback. SQLite then
+        # keeps the closed connection, and its write lock, until the cursor is freed, and the
+        # interrupt's traceback holds that cursor: every writer of every process waited on it.
+        try:
+            dbapi_connection.rollback()
+        except sqlite3.Error as error:  # it is being closed anyway; the rollback only frees the lock sooner
+            logger.warning("Rolling back an invalidated SQLite connection failed: %s", error)
 
     return engine
 
