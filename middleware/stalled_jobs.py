@@ -10,8 +10,9 @@ and then its job stays ``processing`` for ever. The sweep:
 2. leaves alone each one whose message the broker still holds, waiting, delayed, running or
    dead (Redis: the message hashes of the queue, its delay queue and its dead-letter queue, read
    once per sweep in one MULTI/EXEC, so that a message moving between them is seen in one or the other);
-3. hands back each remaining job that saved a checkpoint: the message saved with the checkpoint is
-   enqueued again under the same message id, and its next delivery resumes after the checkpoint;
+3. hands back each remaining checkpointed job: the message saved with its checkpoint (by its first
+   delivery's lease claim, then by every save) is enqueued again under the same message id, and
+   its next delivery resumes after the last checkpoint, or starts over if it saved none;
 4. marks the others ``failed`` as lost: with no checkpoint there is no message to run again.
 
 Each change is a compare-and-set on the row's ``updated_at``: a job that moved on meanwhile (it

@@ -13,8 +13,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select
@@ -22,35 +20,16 @@ from sqlalchemy import create_engine, select
 from actors.tables import transcript_segments
 from middleware.checkpoints import job_checkpoints
 from middleware.job_status import COMPLETED, job_status
+from tests.acceptance.conftest import WINDOW_MS
 from tests.harness import WorkerProcess, run_python, wait_until
 
-WINDOW_MS = 3_000
 STEPS = 16
 STEP_S = 0.4
 
 
-@pytest.fixture
-def env(broker_env: dict[str, str], database_url: str) -> dict[str, str]:
-    return {**broker_env, "DATABASE_URL": database_url, "REDIS_HEARTBEAT_TIMEOUT_MS": str(WINDOW_MS),
-            "REDIS_MAINTENANCE_CHANCE": "0"}  # fmt: skip
-
-
-@pytest.fixture
-def workers(env: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    workers = [
-        WorkerProcess(env, log_path=tmp_path / f"worker-{n}.log", modules=("tests.chaos_actors",)) for n in range(2)
-    ]
-    for worker in workers:
-        worker.wait_ready()
-    yield workers
-    for worker in workers:
-        os.killpg(worker.process.pid, signal.SIGCONT)  # never leave a frozen group behind
-        worker.stop()
-
-
 @pytest.mark.parametrize(("broker_env", "database_url"), [("redis", "postgresql")], indirect=True)
 def test_a_run_taken_for_dead_loses_its_checkpoint_and_writes_nothing_more(
-    env: dict[str, str], database_url: str, workers: list[WorkerProcess]
+    two_workers_env: dict[str, str], database_url: str, two_workers: list[WorkerProcess]
 ) -> None:
     engine = create_engine(database_url)
     job = f"lease-{uuid.uuid4().hex[:8]}"
@@ -62,15 +41,15 @@ def test_a_run_taken_for_dead_loses_its_checkpoint_and_writes_nothing_more(
         with engine.connect() as connection:
             return [(idx, int(pid)) for idx, pid in connection.execute(query.order_by(transcript_segments.c.idx))]
 
-    sent = run_python(env, f"from tests.chaos_actors import checkpointed_rows; "
+    sent = run_python(two_workers_env, f"from tests.chaos_actors import checkpointed_rows; "
                            f"print(checkpointed_rows.send({job!r}, {STEPS}, {STEP_S}).message_id)")  # fmt: skip
     assert sent.returncode == 0, sent.stderr
     message_id = sent.stdout.strip()
     try:
         first_pid = wait_until(lambda: len(rows := writers()) >= 2 and rows[0][1], timeout_s=30,
                                what="two steps stored", interval_s=0.05)  # fmt: skip
-        frozen = next(worker for worker in workers if first_pid in worker.children())
-        other = next(worker for worker in workers if worker is not frozen)
+        frozen = next(worker for worker in two_workers if first_pid in worker.children())
+        other = next(worker for worker in two_workers if worker is not frozen)
         os.killpg(frozen.process.pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
         wait_until(lambda: any(event["event"] == "job.start" and event["message_id"] == message_id

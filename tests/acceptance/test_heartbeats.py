@@ -7,32 +7,12 @@ wrongly redelivered job would be picked up by the other one.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.acceptance.conftest import WINDOW_MS
 from tests.harness import WorkerProcess, run_python, wait_until
-
-WINDOW_MS = 3_000
-
-
-@pytest.fixture
-def env(broker_env: dict[str, str], database_url: str) -> dict[str, str]:
-    return {**broker_env, "DATABASE_URL": database_url, "REDIS_HEARTBEAT_TIMEOUT_MS": str(WINDOW_MS),
-            "REDIS_MAINTENANCE_CHANCE": "0"}  # fmt: skip
-
-
-@pytest.fixture
-def workers(env: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    workers = [
-        WorkerProcess(env, log_path=tmp_path / f"worker-{n}.log", modules=("tests.chaos_actors",)) for n in range(2)
-    ]
-    for worker in workers:
-        worker.wait_ready()
-    yield workers
-    for worker in workers:
-        worker.stop()
 
 
 def starts(marker: Path) -> list[str]:
@@ -48,11 +28,11 @@ def send(env: dict[str, str], call: str) -> None:
 # held either; a 10 s hold is well inside them, and a dead consumer's message comes back at once.
 @pytest.mark.parametrize(("broker_env", "database_url"), [("redis", "sqlite"), ("rabbitmq", "sqlite")], indirect=True)
 def test_a_job_holding_the_gil_far_longer_than_the_window_runs_exactly_once(
-    env: dict[str, str], workers: list[WorkerProcess], tmp_path: Path
+    two_workers_env: dict[str, str], two_workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     marker = tmp_path / "gil"
     started = time.monotonic()
-    send(env, f"hold_gil.send({str(marker)!r})")
+    send(two_workers_env, f"hold_gil.send({str(marker)!r})")
     wait_until(lambda: marker.exists() and "done" in marker.read_text(), timeout_s=120, what="the GIL job")
     took_s = time.monotonic() - started
     # A worker wrongly taken for dead is handed back one window (plus a tick) after its last beat,
@@ -66,22 +46,24 @@ def test_a_job_holding_the_gil_far_longer_than_the_window_runs_exactly_once(
 # already holds a worker far past the window in `make test`.
 @pytest.mark.slow
 @pytest.mark.parametrize(("broker_env", "database_url"), [("redis", "sqlite")], indirect=True)
-def test_a_60_s_job_runs_exactly_once(env: dict[str, str], workers: list[WorkerProcess], tmp_path: Path) -> None:
+def test_a_60_s_job_runs_exactly_once(
+    two_workers_env: dict[str, str], two_workers: list[WorkerProcess], tmp_path: Path
+) -> None:
     marker = tmp_path / "sixty"
-    send(env, f"long_job.send({str(marker)!r}, 60)")
+    send(two_workers_env, f"long_job.send({str(marker)!r}, 60)")
     wait_until(lambda: marker.exists() and "done" in marker.read_text(), timeout_s=120, what="the 60 s job")
     assert len(starts(marker)) == 1, f"started {len(starts(marker))} times"
 
 
 @pytest.mark.parametrize(("broker_env", "database_url"), [("redis", "sqlite")], indirect=True)
 def test_a_killed_workers_job_runs_again_within_the_window_on_the_other_worker(
-    env: dict[str, str], workers: list[WorkerProcess], tmp_path: Path
+    two_workers_env: dict[str, str], two_workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     marker = tmp_path / "long"
-    send(env, f"long_job.send({str(marker)!r}, 30)")
+    send(two_workers_env, f"long_job.send({str(marker)!r}, 30)")
     first = wait_until(lambda: starts(marker), timeout_s=30, what="the job to start")[0]
     pid = int(first.split()[1])
-    victim = next(worker for worker in workers if pid in worker.children())
+    victim = next(worker for worker in two_workers if pid in worker.children())
     victim.kill_worker_child()
     killed_at = time.time()
     second = wait_until(lambda: starts(marker)[1:], timeout_s=30, what="the job to run again")[0]

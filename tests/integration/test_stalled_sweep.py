@@ -27,9 +27,11 @@ def test_one_read_of_the_queue_judges_every_stale_row_on_it(sqlite_url: str, red
         lost = [dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(n,), kwargs={}, options={})
                 for n in range(2)]  # fmt: skip
         resumable = dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(9,), kwargs={}, options={})
+        # A checkpointed job lost before its first save: its delivery's lease claim saved the message.
+        claimed = dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(10,), kwargs={}, options={})
         stale = datetime.now(UTC) - timedelta(minutes=5)
         with database.transaction() as connection:
-            for message in (waiting, *lost, resumable):
+            for message in (waiting, *lost, resumable, claimed):
                 connection.execute(insert(job_status).values(
                     message_id=message.message_id, actor_name="work", queue_name=QUEUE, status=PROCESSING,
                     attempts=1, unfinished_deliveries=1, started_at=stale, updated_at=stale,
@@ -38,6 +40,10 @@ def test_one_read_of_the_queue_judges_every_stale_row_on_it(sqlite_url: str, red
                 key=resumable.message_id, actor_name="work", message_id=resumable.message_id, position=3, saves=4,
                 resumes=0, created_at=stale, updated_at=stale, message=message_payload(resumable),
             ))  # fmt: skip
+            connection.execute(insert(job_checkpoints).values(
+                key=claimed.message_id, actor_name="work", message_id=claimed.message_id, saves=0, resumes=0,
+                created_at=stale, updated_at=stale, message=message_payload(claimed), lease_token="dead-delivery",
+            ))  # fmt: skip
 
         reads = []
         pipeline = broker.client.pipeline
@@ -45,16 +51,16 @@ def test_one_read_of_the_queue_judges_every_stale_row_on_it(sqlite_url: str, red
         report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
         broker.client.pipeline = pipeline
 
-        assert report.examined == 4
+        assert report.examined == 5
         assert sorted(report.lost) == sorted(message.message_id for message in lost)
-        assert report.handed_back == [resumable.message_id]
-        assert len(reads) == 1  # one snapshot of the queue's hashes for the four rows
+        assert sorted(report.handed_back) == sorted([resumable.message_id, claimed.message_id])
+        assert len(reads) == 1  # one snapshot of the queue's hashes for the five rows
         with database.engine.connect() as connection:
             statuses = dict(connection.execute(select(job_status.c.message_id, job_status.c.status)).all())
         assert statuses[waiting.message_id] == PROCESSING  # its message still waits: left alone
         assert {statuses[message.message_id] for message in lost} == {"failed"}
         requeued = broker.client.hkeys(f"{redis_namespace}:{QUEUE}.msgs")
-        assert len(requeued) == 2  # the waiting message and the resumable one, enqueued again
+        assert len(requeued) == 3  # the waiting message, and the two with checkpoints enqueued again
     finally:
         broker.close()
         database.dispose()
