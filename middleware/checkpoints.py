@@ -411,13 +411,31 @@ class Checkpoints(Middleware):
         checkpoint = _current.get()
         _current.set(None)
         if checkpoint is not None:
-            checkpoint.finish(completed=exception is None)
+            _finish(checkpoint, completed=exception is None)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         checkpoint = _current.get()
         _current.set(None)
         if checkpoint is not None and checkpoint.lease_token is not None:  # skipped by a later middleware
-            checkpoint.finish(completed=False)
+            _finish(checkpoint, completed=False)
+
+
+def _finish(checkpoint: Checkpoint, *, completed: bool) -> None:
+    try:
+        checkpoint.finish(completed=completed)
+    except SQLAlchemyError as error:  # the database is down: say what it leaves, not a traceback
+        if completed:
+            logger.warning(
+                "Could not mark checkpoint %r completed after message %s succeeded (%s). Its work is saved; "
+                "a later delivery for it resumes at the last position and completes it.",
+                checkpoint.key, checkpoint.message_id, type(error).__name__,
+            )  # fmt: skip
+        else:
+            logger.warning(
+                "Could not release checkpoint %r after message %s (%s). A redelivery of that message takes it "
+                "over at once; another message for the same work waits until the lease goes stale.",
+                checkpoint.key, checkpoint.message_id, type(error).__name__,
+            )  # fmt: skip
 
 
 def _duration(milliseconds: float) -> str:

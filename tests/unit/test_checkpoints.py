@@ -12,7 +12,9 @@ from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Shutdown, TimeLimit
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import OperationalError
 
+import middleware.checkpoints as checkpoints_module
 from middleware.checkpoints import (
     Checkpoint,
     CheckpointAlreadyCompleted,
@@ -190,6 +192,31 @@ def test_a_released_lease_is_taken_at_once_by_another_message(database: Database
     assert taker.position == 0
     with pytest.raises(CheckpointSuperseded):
         save_item(failed, "released", 1)
+
+
+def test_a_database_down_at_the_end_of_a_delivery_is_one_warning_not_a_traceback(
+    database: Database, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = a_message()
+    middleware = Checkpoints(database=database)
+    checkpoint = Checkpoint(database=database, key="down", message=message)
+    checkpoint.load()
+    middleware_current = checkpoints_module._current
+    unreachable = OperationalError("UPDATE job_checkpoints", {}, Exception("connection refused"))
+
+    def transaction() -> None:
+        raise unreachable
+
+    monkeypatch.setattr(database, "transaction", transaction)
+    broker = StubBroker()
+    for exception, says in ((RuntimeError("failed"), "Could not release checkpoint 'down'"),
+                            (None, "Could not mark checkpoint 'down' completed")):  # fmt: skip
+        middleware_current.set(checkpoint)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="middleware.checkpoints.Checkpoints"):
+            middleware.after_process_message(broker, message, exception=exception)
+        assert [record.getMessage().split(" after")[0] for record in caplog.records] == [says]
+        assert all(record.exc_info is None for record in caplog.records)
 
 
 def test_a_second_message_for_running_work_waits_then_is_skipped_when_the_first_completes(
