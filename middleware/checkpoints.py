@@ -272,17 +272,22 @@ class Checkpoint:
         )  # fmt: skip
 
 
+def _insert_row(dialect_name: str, **values: Any) -> Insert:
+    """A new checkpoint row, leased to the delivery inserting it: the claim's and the save's INSERT."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    now = bindparam("now", type_=job_checkpoints.c.updated_at.type)
+    return dialect.insert(job_checkpoints).values(
+        key=bindparam("key"), actor_name=bindparam("actor_name"), message_id=bindparam("message_id"), resumes=0,
+        created_at=now, updated_at=now, message=bindparam("message", type_=JSON), lease_token=bindparam("token"),
+        **values,
+    )  # fmt: skip
+
+
 @cache
 def _claim_statement(dialect_name: str) -> Insert:
     """Claims the lease (creating the row on a first run) unless the work is complete or another
     message's delivery holds a fresh lease; returns the saved position, or no row if not claimed."""
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    now = bindparam("now", type_=job_checkpoints.c.updated_at.type)
-    statement = dialect.insert(job_checkpoints).values(
-        key=bindparam("key"), actor_name=bindparam("actor_name"), message_id=bindparam("message_id"), saves=0,
-        resumes=0, created_at=now, updated_at=now, message=bindparam("message", type_=JSON),
-        lease_token=bindparam("token"),
-    )  # fmt: skip
+    statement = _insert_row(dialect_name, saves=0)
     stale_before = bindparam("stale_before", type_=job_checkpoints.c.updated_at.type)
     current = job_checkpoints.c
     return statement.on_conflict_do_update(
@@ -302,13 +307,9 @@ def _claim_statement(dialect_name: str) -> Insert:
 def _save_statement(dialect_name: str) -> Insert:
     """The checkpoint's upsert, fenced by the lease, built once per dialect: building it for every
     save cost more CPU than the database's round trips (profiled: ``bench/README.md``)."""
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    now = bindparam("now", type_=job_checkpoints.c.updated_at.type)
-    statement = dialect.insert(job_checkpoints).values(
-        key=bindparam("key"), actor_name=bindparam("actor_name"), message_id=bindparam("message_id"),
-        position=bindparam("position", type_=JSON), progress=bindparam("progress"), saves=1, resumes=0,
-        created_at=now, updated_at=now, message=bindparam("message", type_=JSON), lease_token=bindparam("token"),
-    )  # fmt: skip
+    statement = _insert_row(
+        dialect_name, saves=1, position=bindparam("position", type_=JSON), progress=bindparam("progress")
+    )
     # A row deleted meanwhile (by an operator) is written anew, leased to this delivery.
     return statement.on_conflict_do_update(
         index_elements=["key"],
