@@ -5,6 +5,8 @@
    a message whose previous deliveries all died is dead-lettered as poison instead.
 3. ``after_process_message``: ``completed``, or ``failed`` with its error once Retries gives up.
    Between retries the status stays ``processing``, so an app's progress bar does not flicker.
+   A delivery that a middleware stopped before the actor ran (``CheckpointBusy``: another message
+   holds the checkpoint) gives its attempt back: waiting is not trying.
 
 Actors report progress with :func:`report_progress`; checkpointed actors report it with every
 checkpoint, in the checkpoint's transaction.
@@ -19,7 +21,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.common import q_name
-from dramatiq.middleware import CurrentMessage, Middleware
+from dramatiq.middleware import CurrentMessage, Middleware, MiddlewareError
 from sqlalchemy import (
     Column,
     Connection,
@@ -127,18 +129,21 @@ class JobStatus(Middleware):
             reason = f" ({decision.classification.reason})" if decision is not None else ""
             self._finish(message, status=FAILED, error=f"{type(exception).__name__}: {exception}{reason}")
         elif not delivery_superseded.get():  # retried, or handed back: still in progress for the app
-            self._finish(message, status=PROCESSING, finished=False)
+            # A middleware that stopped the delivery before the actor ran (a checkpoint held by another
+            # message: CheckpointBusy) raised a MiddlewareError; such a look is not an attempt.
+            attempted = not isinstance(exception, MiddlewareError)
+            self._finish(message, status=PROCESSING, finished=False, attempted=attempted)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         if not message.failed:  # skipped because its work is already complete
             self._finish(message, status=COMPLETED, progress=1.0)
 
     def _finish(self, message: dramatiq.Message, *, status: str, error: str | None = None,
-                progress: float | None = None, finished: bool = True) -> None:  # fmt: skip
+                progress: float | None = None, finished: bool = True, attempted: bool = True) -> None:  # fmt: skip
         now = _now()
         self._writes.run(Write(FINISH, finish_values(
             message.message_id, status=status, now=now, finished_at=now if finished else None, error=error,
-            progress=progress,
+            progress=progress, attempted=attempted,
         )))  # fmt: skip
 
 

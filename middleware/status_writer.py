@@ -45,7 +45,7 @@ _START_CONFLICT = (
     "updated_at = excluded.updated_at RETURNING message_id, unfinished_deliveries"
 )
 _FINISH_SQL = (
-    "UPDATE job_status SET status = ?, unfinished_deliveries = 0, updated_at = ?, "
+    "UPDATE job_status SET status = ?, attempts = attempts - ?, unfinished_deliveries = 0, updated_at = ?, "
     "finished_at = COALESCE(?, finished_at), error = COALESCE(?, error), progress = COALESCE(?, progress) "
     "WHERE message_id = ?"
 )
@@ -57,8 +57,10 @@ def row_values(message_id: str, actor_name: str, queue_name: str, status: str, n
 
 
 def finish_values(message_id: str, *, status: str, now: datetime, finished_at: datetime | None,
-                  error: str | None, progress: float | None) -> tuple:  # fmt: skip
-    return (status, now, finished_at, error, progress, message_id)
+                  error: str | None, progress: float | None, attempted: bool = True) -> tuple:  # fmt: skip
+    """The values of a FINISH write; ``attempted=False`` takes back the attempt its START counted
+    (a delivery that a middleware stopped before the actor ran)."""
+    return (status, 0 if attempted else 1, now, finished_at, error, progress, message_id)
 
 
 class StatusWriter:

@@ -26,6 +26,7 @@ from middleware.checkpoints import (
 )
 from middleware.database import Database
 from middleware.dead_letter_store import list_dead_letters
+from middleware.job_logs import EVENTS_LOGGER
 from middleware.job_status import COMPLETED, get_job
 from middleware.routing import DurationRouting, RoutedActor
 from tests.harness import wait_until
@@ -220,7 +221,7 @@ def test_a_database_down_at_the_end_of_a_delivery_is_one_warning_not_a_traceback
 
 
 def test_a_second_message_for_running_work_waits_then_is_skipped_when_the_first_completes(
-    stub_broker: StubBroker, stub_worker: Worker, database: Database
+    stub_broker: StubBroker, stub_worker: Worker, database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     runs: list[str] = []
     may_finish = threading.Event()
@@ -237,19 +238,30 @@ def test_a_second_message_for_running_work_waits_then_is_skipped_when_the_first_
 
     first = job.send("meeting", "first")
     wait_until(lambda: stored_items(database, "meeting"), timeout_s=10, what="the first item")
-    second = job.send("meeting", "second")
-    # The second message is delivered, finds the checkpoint held, and is handed back to wait.
-    wait_until(lambda: (get_job(database, second.message_id) or {}).get("attempts", 0) >= 2, timeout_s=10,
-               what="the second message to look twice")  # fmt: skip
-    may_finish.set()
-    stub_broker.join(job.queue_name, fail_fast=True)
-    stub_worker.join()
+    with caplog.at_level(logging.INFO, logger=EVENTS_LOGGER):
+        second = job.send("meeting", "second")
+        # The second message is delivered, finds the checkpoint held, and is handed back to wait.
+        wait_until(lambda: len(busy_events(caplog, second.message_id)) >= 2, timeout_s=10,
+                   what="the second message to look twice")  # fmt: skip
+        # A look at a held checkpoint is not an attempt (polled: the look that just logged may still be writing).
+        wait_until(lambda: get_job(database, second.message_id)["attempts"] == 0, timeout_s=10,
+                   what="the looks to give their attempts back")  # fmt: skip
+        may_finish.set()
+        stub_broker.join(job.queue_name, fail_fast=True)
+        stub_worker.join()
 
     assert runs == ["first"], "the second message never ran the work"
     assert stored_items(database, "meeting") == [0, 1, 2]
     assert [get_job(database, sent.message_id)["status"] for sent in (first, second)] == [COMPLETED, COMPLETED]
+    assert get_job(database, second.message_id)["attempts"] == 1, "only the delivery that found the work done"
     assert list_dead_letters(database) == []
     assert checkpoint_row(database, "job:meeting").resumes == 0
+
+
+def busy_events(caplog: pytest.LogCaptureFixture, message_id: str) -> list[dict]:
+    events = (getattr(record, "job_event", None) for record in caplog.records)
+    return [event for event in events if event and event["event"] == "checkpoint.busy"
+            and event["message_id"] == message_id]  # fmt: skip
 
 
 def test_a_time_limit_hands_the_job_back_to_continue_without_spending_a_retry(
