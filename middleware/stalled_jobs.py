@@ -8,8 +8,9 @@ and then its job stays ``processing`` for ever. The sweep:
 1. takes the ``job_status`` rows still ``processing`` and not updated for ``stalled_after`` (a
    running checkpointed job updates its row with every checkpoint);
 2. leaves alone each one whose message the broker still holds, waiting, delayed, running or
-   dead (Redis: the message hashes of the queue, its delay queue and its dead-letter queue, read
-   once per sweep in one MULTI/EXEC, so that a message moving between them is seen in one or the other);
+   dead (Redis: the message hashes of the queue, its delay queue and its dead-letter queue,
+   searched once per queue and sweep by a script a page at a time, so that a long queue neither
+   holds Redis up nor fills the sweep's memory: Redis answers with the ids it found, not the bodies);
 3. hands back each remaining checkpointed job: the message saved with its checkpoint (by its first
    delivery's lease claim, then by every save) is enqueued again under the same message id, and
    its next delivery resumes after the last checkpoint, or starts over if it saved none;
@@ -24,6 +25,7 @@ only reports the rows it found.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,17 +61,18 @@ class SweepReport:
 
 def sweep_stalled_jobs(broker: dramatiq.Broker, database: Database, *, stalled_after: timedelta) -> SweepReport:
     report = SweepReport()
-    held: dict[str, list[bytes]] = {}  # queue -> the bodies its hashes held, read once per sweep
-    for row in _stale_processing_rows(database, older_than=stalled_after):
-        report.examined += 1
-        if not isinstance(broker, RedisBroker):
-            report.unverified.append(row["message_id"])
-            continue
-        if row["queue_name"] not in held:
-            held[row["queue_name"]] = _held_bodies(broker, row["queue_name"])
-        # Bodies are Dramatiq's compact JSON; a message id is a UUID, so a substring match is exact enough.
-        needle = row["message_id"].encode()
-        if any(needle in body for body in held[row["queue_name"]]):
+    rows = _stale_processing_rows(database, older_than=stalled_after)
+    report.examined = len(rows)
+    if not isinstance(broker, RedisBroker):
+        report.unverified = [row["message_id"] for row in rows]
+        rows = []
+    by_queue: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        by_queue[row["queue_name"]].append(row["message_id"])
+    held = {message_id for queue_name, message_ids in by_queue.items()
+            for message_id in _held_message_ids(broker, queue_name, message_ids)}  # fmt: skip
+    for row in rows:
+        if row["message_id"] in held:
             continue
         payload = _checkpoint_message(database, row["message_id"])
         if payload is None:
@@ -93,14 +96,54 @@ def _stale_processing_rows(database: Database, *, older_than: timedelta) -> list
         return [dict(row._mapping) for row in connection.execute(query)]
 
 
-def _held_bodies(broker: RedisBroker, queue_name: str) -> list[bytes]:
-    """Every body in the queue's message hashes (ready and unacked, delayed, dead), in one snapshot."""
-    hashes = [f"{broker.namespace}:{name}.msgs" for name in (q_name(queue_name), dq_name(queue_name),
-                                                              xq_name(queue_name))]  # fmt: skip
-    pipeline = broker.client.pipeline(transaction=True)
-    for key in hashes:
-        pipeline.hvals(key)
-    return [body for bodies in pipeline.execute() for body in bodies]
+# KEYS: one message hash; ARGV: an HSCAN cursor, then message ids. Scans one page of the hash and
+# returns the next cursor, then the ids some body of the page names. Redis answers ids, not bodies,
+# and is held for one page at a time. Bodies are Dramatiq's compact JSON; an id named anywhere in a
+# body (a pipeline's next message too) counts as held, which only ever leaves a row for the next sweep.
+_FIND_HELD_SCRIPT = """
+local wanted = {}
+for i = 2, #ARGV do wanted[ARGV[i]] = true end
+local page = redis.call("HSCAN", KEYS[1], ARGV[1], "COUNT", 1000)
+local reply = {page[1]}
+for i = 2, #page[2], 2 do
+  local body, at = page[2][i], 1
+  while true do
+    local _, last = string.find(body, '"message_id":"', at, true)
+    if last == nil then break end
+    at = string.find(body, '"', last + 1, true) or #body
+    local id = string.sub(body, last + 1, at - 1)
+    if wanted[id] then
+      wanted[id] = nil
+      reply[#reply + 1] = id
+    end
+  end
+end
+return reply
+"""
+
+
+def _held_message_ids(broker: RedisBroker, queue_name: str, message_ids: list[str]) -> set[str]:
+    """Which of ``message_ids`` the queue's message hashes (delayed, ready and unacked, dead) hold.
+
+    The hashes are scanned page by page, not in one snapshot, in the order a message moves between
+    them without a status write: a delayed message whose time has come is added to the queue before
+    it leaves the delay queue, so scanning the delay queue first sees it in one or the other. Every
+    other move (a retry or a hand-back into the delay queue, a dead letter) writes the job's status
+    before the message leaves its hash, and the compare-and-set on ``updated_at`` then leaves the
+    row alone. A delivery, and the heartbeat keeper's hand-back, leave the body where it is.
+    """
+    script = broker.client.register_script(_FIND_HELD_SCRIPT)
+    wanted, held = set(message_ids), set()
+    for name in (dq_name(queue_name), q_name(queue_name), xq_name(queue_name)):
+        cursor = b"0"
+        while wanted:
+            cursor, *found = script(keys=[f"{broker.namespace}:{name}.msgs"], args=[cursor, *wanted])
+            found_ids = {message_id.decode() for message_id in found}
+            held |= found_ids
+            wanted -= found_ids
+            if cursor == b"0":
+                break
+    return held
 
 
 def _checkpoint_message(database: Database, message_id: str) -> dict[str, Any] | None:

@@ -1,18 +1,22 @@
 """The stalled-job sweep against a real Redis and SQLite, in process: which rows it leaves, hands
-back and marks lost, and that it reads each queue's messages once per sweep, not once per row."""
+back and marks lost; that it scans each queue's messages once per sweep, not once per row, in an
+order that a message moving on meanwhile cannot escape; and that Redis sends ids, not bodies."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name, xq_name
 from sqlalchemy import insert, select
 
 from middleware.checkpoints import job_checkpoints
 from middleware.database import Database
 from middleware.dead_letters import message_payload
-from middleware.job_status import PROCESSING, job_status
+from middleware.job_status import PROCESSING, get_job, job_status
 from middleware.stalled_jobs import sweep_stalled_jobs
 from tests import harness
 
@@ -45,16 +49,16 @@ def test_one_read_of_the_queue_judges_every_stale_row_on_it(sqlite_url: str, red
                 created_at=stale, updated_at=stale, message=message_payload(claimed), lease_token="dead-delivery",
             ))  # fmt: skip
 
-        reads = []
-        pipeline = broker.client.pipeline
-        broker.client.pipeline = lambda *args, **kwargs: reads.append(args or kwargs) or pipeline(*args, **kwargs)
+        scanned = record_scans(broker)
         report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
-        broker.client.pipeline = pipeline
 
         assert report.examined == 5
         assert sorted(report.lost) == sorted(message.message_id for message in lost)
         assert sorted(report.handed_back) == sorted([resumable.message_id, claimed.message_id])
-        assert len(reads) == 1  # one snapshot of the queue's hashes for the five rows
+        # One scan of the queue's hashes for the five rows, the delay queue first; the waiting message
+        # was found in the queue, so its dead letters were searched for the four others only.
+        assert scanned == [(f"{redis_namespace}:{name}.msgs", ids) for name, ids in (
+            (dq_name(QUEUE), 5), (QUEUE, 5), (xq_name(QUEUE), 4))]  # fmt: skip
         with database.engine.connect() as connection:
             statuses = dict(connection.execute(select(job_status.c.message_id, job_status.c.status)).all())
         assert statuses[waiting.message_id] == PROCESSING  # its message still waits: left alone
@@ -64,3 +68,89 @@ def test_one_read_of_the_queue_judges_every_stale_row_on_it(sqlite_url: str, red
     finally:
         broker.close()
         database.dispose()
+
+
+def test_a_delayed_message_that_reaches_its_queue_during_the_sweep_is_not_taken_for_lost(
+    sqlite_url: str, redis_namespace: str
+) -> None:
+    broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace)
+    database = Database(sqlite_url)
+    try:
+        # A retry waiting in the delay queue for longer than the sweep's threshold.
+        delayed = broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={},
+                                                  options={}), delay=600_000)  # fmt: skip
+        insert_stale_processing_row(database, delayed.message_id)
+        delay_hash, queue_hash = (f"{redis_namespace}:{name}.msgs" for name in (dq_name(QUEUE), QUEUE))
+        [(redis_message_id, body)] = broker.client.hgetall(delay_hash).items()
+
+        def its_time_comes() -> None:  # as Dramatiq's worker moves it: into the queue, then out of the delay queue
+            broker.client.hset(queue_hash, redis_message_id, body)
+            broker.client.hdel(delay_hash, redis_message_id)
+
+        scanned = record_scans(broker, after_first=its_time_comes)
+        report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
+
+        assert (report.examined, report.lost, report.handed_back) == (1, [], [])
+        assert get_job(database, delayed.message_id)["status"] == PROCESSING
+        assert scanned[0][0] == delay_hash, "it moved right after the sweep's first look"
+    finally:
+        broker.close()
+        database.dispose()
+
+
+def test_a_long_queue_is_searched_in_redis_and_only_the_ids_found_come_back(
+    sqlite_url: str, redis_namespace: str
+) -> None:
+    broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace)
+    database = Database(sqlite_url)
+    try:
+        padding = "x" * 5_000
+        pipeline = broker.client.pipeline(transaction=False)
+        waiting = [dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(padding,), kwargs={},
+                                    options={"redis_message_id": f"r{n}"}) for n in range(2_500)]  # fmt: skip
+        for message in waiting:
+            pipeline.hset(f"{redis_namespace}:{QUEUE}.msgs", message.options["redis_message_id"], message.encode())
+        pipeline.execute()
+        held, lost = waiting[1_777], dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={},
+                                                      options={})  # fmt: skip
+        for message in (held, lost):
+            insert_stale_processing_row(database, message.message_id)
+
+        sent_before = broker.client.info("stats")["total_net_output_bytes"]
+        report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
+        sent = broker.client.info("stats")["total_net_output_bytes"] - sent_before
+
+        assert (report.examined, report.lost) == (2, [lost.message_id])
+        assert get_job(database, held.message_id)["status"] == PROCESSING
+        # The queue holds 12.5 MB of bodies; reading them, as the sweep once did, would send them all.
+        assert sent < 200_000, f"Redis sent {sent} bytes for a sweep of two rows"
+    finally:
+        broker.close()
+        database.dispose()
+
+
+def insert_stale_processing_row(database: Database, message_id: str) -> None:
+    stale = datetime.now(UTC) - timedelta(minutes=5)
+    with database.transaction() as connection:
+        connection.execute(insert(job_status).values(
+            message_id=message_id, actor_name="work", queue_name=QUEUE, status=PROCESSING, attempts=1,
+            unfinished_deliveries=1, started_at=stale, updated_at=stale,
+        ))  # fmt: skip
+
+
+def record_scans(broker: RedisBroker, *, after_first: Callable[[], None] | None = None) -> list[tuple[str, int]]:
+    """The sweep's scans, as (hash, how many ids it looked for); ``after_first`` runs after the first."""
+    scanned: list[tuple[str, int]] = []
+    evalsha = broker.client.evalsha
+
+    def recording(sha: str, numkeys: int, key: str, *args: Any) -> Any:
+        reply = evalsha(sha, numkeys, key, *args)
+        if not key.endswith(".msgs"):  # the broker's own scripts (the hand-back's enqueue)
+            return reply
+        scanned.append((key, len(args) - 1))  # the cursor, then the ids
+        if after_first is not None and len(scanned) == 1:
+            after_first()
+        return reply
+
+    broker.client.evalsha = recording
+    return scanned
