@@ -130,6 +130,8 @@ class Dramatiq:
     namespace: str = ""
     #: Middleware of the stack left out (``BENCH_WITHOUT``, read by ``bench/stack_actors.py``): an ablation.
     without: tuple[str, ...] = ()
+    #: More environment for the workers (``BENCH_BURN_US``, read by ``bench/burn_actors.py``).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.renew()
@@ -147,7 +149,7 @@ class Dramatiq:
         if self.settings.prefetch:
             overrides["dramatiq_queue_prefetch"] = str(self.settings.prefetch)
         overrides["BENCH_WITHOUT"] = ",".join(self.without)
-        return base_env(overrides)
+        return base_env({**overrides, **self.extra_env})
 
     def enqueue(self, workload: str, jobs: int, *, bulk: bool = False) -> float:
         actor, arguments = WORKLOADS[workload]

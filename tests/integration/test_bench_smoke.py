@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import ablation
+from bench import ablation, cpu_budget
 from bench.report import render
 from bench.run import BARE, SQLITE, Results, Sizes, _drain_round, _machine, _migrate, _stack_middleware
 from bench.systems import Dramatiq, WorkerSettings
@@ -53,3 +53,16 @@ def test_an_ablation_leaves_out_the_named_middleware_and_refuses_a_name_not_in_t
         ablation.main(["--jobs", "1000", "--rounds", "1", "full", "JobStatus,JobLog"])
     assert exit_info.value.code == 2
     assert "not in the stack: JobLog (the stack: " in capsys.readouterr().err
+
+
+def test_the_cpu_budget_drains_bare_dramatiq_with_each_burn_and_compares_it_with_none(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cpu_budget.main(["--jobs", "1000", "--rounds", "1", "100"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  burn")]
+    assert [row[1] for row in rows] == ["0", "100"], "the run without a burn is always there, as the baseline"
+    assert rows[0][5] == "1.00" and rows[0][-3:] == ["implied", "+0", "us"]
+
+    with pytest.raises(SystemExit) as exit_info:
+        cpu_budget.main(["--jobs", "1000", "-5"])
+    assert exit_info.value.code == 2

@@ -1,0 +1,44 @@
+"""Bare Dramatiq plus one middleware that spends ``BENCH_BURN_US`` of pure Python CPU per job.
+
+    BENCH_BURN_US=50 dramatiq bench.burn_actors --queues bench
+
+Half the time in ``before_process_message``, half in ``after_process_message``, in the worker
+thread, as a middleware's own work would be. ``bench.cpu_budget`` drains it at several costs.
+"""
+
+import os
+import time
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware
+
+from actors.settings import Settings
+
+
+class CpuBurn(Middleware):
+    def __init__(self, per_job_us: int) -> None:
+        self.per_hook_s = per_job_us / 2e6
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        self._burn()
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: Any = None,
+                              exception: BaseException | None = None) -> None:  # fmt: skip
+        self._burn()
+
+    def _burn(self) -> None:
+        until = time.perf_counter() + self.per_hook_s
+        while time.perf_counter() < until:  # busy on purpose: CPU, holding the GIL, as Python code does
+            pass
+
+
+_settings = Settings.from_env()
+broker = RedisBroker(url=_settings.broker_url, namespace=_settings.redis_namespace)
+broker.add_middleware(CpuBurn(int(os.environ.get("BENCH_BURN_US", "0"))))
+dramatiq.set_broker(broker)
+
+from bench.jobs import hold, noop, sleep_ms  # noqa: E402  (declared on the broker set above)
+
+__all__ = ["broker", "hold", "noop", "sleep_ms"]
