@@ -26,6 +26,9 @@ from middleware.queue_stats import redis_queue_names
 
 logger = logging.getLogger("middleware.dead_letter_store")
 
+#: Dead letters read, looked up and recorded together by reconcile.
+RECONCILE_PAGE = 1_000
+
 #: Options that belonged to the failed run, not to the job: a requeued message starts afresh.
 #: The key under which a dead letter keeps a body that could not be decoded as a message.
 MALFORMED_BODY = "malformed_body"
@@ -163,13 +166,36 @@ def reconcile(database: Database, broker: dramatiq.Broker, *, queues: Iterable[s
     """
     recorded = 0
     for queue_name in sorted(set(broker.get_declared_queues()) | set(queues) | _redis_dead_letter_queues(broker)):
-        for dead_id, body in broker_dead_letters(broker, queue_name):
-            row = _reconciled_row(queue_name, dead_id, body)
-            with database.transaction() as connection:
-                if insert_dead_letter(connection, row) is not None:
-                    recorded += 1
-                    logger.info("Reconciled dead letter %s from %s.", row["message_id"], xq_name(queue_name))
+        for page in _pages(broker_dead_letters(broker, queue_name)):
+            rows = [_reconciled_row(queue_name, dead_id, body) for dead_id, body in page]
+            recorded += _record_missing(database, rows)
     return recorded
+
+
+def _record_missing(database: Database, rows: list[dict[str, Any]]) -> int:
+    """Insert the rows whose message has none yet, in one transaction. Almost every dead letter was
+    recorded when it failed, so one query that finds them spares a transaction each."""
+    recorded = 0
+    with database.transaction() as connection:
+        known = set(connection.scalars(select(dead_letters.c.message_id).where(
+            dead_letters.c.message_id.in_([row["message_id"] for row in rows])
+        )))  # fmt: skip
+        for row in rows:
+            if row["message_id"] not in known and insert_dead_letter(connection, row) is not None:
+                recorded += 1
+                logger.info("Reconciled dead letter %s from %s.", row["message_id"], xq_name(row["queue_name"]))
+    return recorded
+
+
+def _pages(items: Iterator[tuple[str, bytes]], size: int = RECONCILE_PAGE) -> Iterator[list[tuple[str, bytes]]]:
+    page: list[tuple[str, bytes]] = []
+    for item in items:
+        page.append(item)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
 
 
 def _reconciled_row(queue_name: str, dead_id: str, body: bytes) -> dict[str, Any]:
@@ -199,7 +225,10 @@ def broker_dead_letters(broker: dramatiq.Broker, queue_name: str) -> Iterator[tu
     from dramatiq.brokers.redis import RedisBroker
 
     if isinstance(broker, RedisBroker):
-        for redis_message_id, body in broker.client.hgetall(f"{broker.namespace}:{xq_name(queue_name)}.msgs").items():
+        # A page at a time (a failure storm can leave a week of dead letters there): a message dead-lettered
+        # meanwhile may be missed, and is found by the next reconcile.
+        for redis_message_id, body in broker.client.hscan_iter(f"{broker.namespace}:{xq_name(queue_name)}.msgs",
+                                                               count=RECONCILE_PAGE):  # fmt: skip
             yield redis_message_id.decode(), body
     elif isinstance(broker, RabbitmqBroker):
         yield from _rabbitmq_dead_letters(broker, xq_name(queue_name))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dramatiq
@@ -11,11 +12,13 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import xq_name
 from dramatiq.middleware import CurrentMessage
+from sqlalchemy import event
 
 from middleware.database import Database, metadata
-from middleware.dead_letter_store import count_dead_letters, list_dead_letters, reconcile
-from middleware.dead_letters import DeadLetters
+from middleware.dead_letter_store import RECONCILE_PAGE, count_dead_letters, list_dead_letters, reconcile
+from middleware.dead_letters import FATAL, DeadLetters, insert_dead_letter, message_payload
 from middleware.error_classification import FatalError
 from middleware.retries import Retries
 from tests import harness
@@ -68,3 +71,34 @@ def test_a_dead_letter_missed_while_the_database_was_down_is_recorded_once_by_re
     [row] = list_dead_letters(database)
     assert (row["message_id"], row["queue_name"], row["actor_name"]) == (message.message_id, queue, "charge")
     assert row["error_type"] == "Unrecorded" and "database was unreachable" in row["error_message"]
+
+
+def test_a_long_dead_letter_queue_is_reconciled_a_page_at_a_time(redis_namespace: str, tmp_path: Path) -> None:
+    broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace)
+    database = Database(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    metadata.create_all(database.engine)
+    dead = [dramatiq.Message(queue_name="storm", actor_name="charge", args=(n,), kwargs={}, options={})
+            for n in range(2 * RECONCILE_PAGE + 500)]  # fmt: skip
+    pipeline = broker.client.pipeline(transaction=False)
+    for message in dead:
+        pipeline.hset(f"{redis_namespace}:{xq_name('storm')}.msgs", uuid.uuid4().hex, message.encode())
+    pipeline.execute()
+    missed = {message.message_id for message in dead[::125]}  # the failures the database did not see
+    with database.transaction() as connection:
+        for message in dead:
+            if message.message_id not in missed:
+                insert_dead_letter(connection, {
+                    "queue_name": "storm", "actor_name": "charge", "message_id": message.message_id,
+                    "message": message_payload(message), "error_type": "FatalError", "error_message": "declined",
+                    "traceback": None, "attempts": 1, "kind": FATAL, "failed_at": datetime.now(UTC),
+                })  # fmt: skip
+    transactions = []
+    event.listen(database.engine, "begin", lambda connection: transactions.append(connection))
+    try:
+        assert reconcile(database, broker, queues=["storm"]) == len(missed) == 20
+    finally:
+        broker.close()
+    assert len(transactions) == 3, "one transaction per page of dead letters, not one per message"
+    recorded = {row["message_id"]: row["error_type"] for row in list_dead_letters(database, limit=10_000)}
+    assert len(recorded) == len(dead)
+    assert {message_id for message_id, error_type in recorded.items() if error_type == "Unrecorded"} == missed
