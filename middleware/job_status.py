@@ -32,13 +32,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    delete,
     func,
     select,
     update,
 )
 
-from middleware.database import Database, metadata
+from middleware.database import Database, delete_in_batches, metadata
 from middleware.failure_decision import current_failure, delivery_superseded
 from middleware.group_commit import GroupCommit, Write
 from middleware.poison_messages import DEFAULT_MAX_DELIVERIES, PoisonMessage, is_poison
@@ -194,9 +193,8 @@ def count_jobs(database: Database, *, status: str | None = None, actor: str | No
 def purge_finished_jobs(database: Database, *, older_than: timedelta) -> int:
     """Delete the rows of jobs that completed or failed more than ``older_than`` ago (retention)."""
     cutoff = _now() - older_than
-    statement = delete(job_status).where(job_status.c.status.in_((COMPLETED, FAILED)), job_status.c.updated_at < cutoff)
-    with database.transaction() as connection:
-        return connection.execute(statement).rowcount
+    return delete_in_batches(database, job_status, job_status.c.status.in_((COMPLETED, FAILED)),
+                             job_status.c.updated_at < cutoff)  # fmt: skip
 
 
 def _where(query, *, status: str | None, actor: str | None, queue: str | None):

@@ -1,5 +1,5 @@
 """Maintenance actors on real workers (Redis, PostgreSQL): a job whose message Redis lost is handed back
-from its checkpoint, one with no checkpoint is marked lost; retention purges."""
+from its checkpoint, one with no checkpoint is marked lost; retention purges, in short transactions on SQLite."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, insert, select
+from sqlalchemy import create_engine, event, insert, select
 
 from middleware.checkpoints import job_checkpoints
-from middleware.database import Database
+from middleware.database import PURGE_BATCH, Database
 from middleware.idempotency import idempotency_keys, purge_expired_keys
 from middleware.job_status import job_status, purge_finished_jobs
 from tests import harness
@@ -128,3 +128,28 @@ def test_retention_deletes_finished_jobs_and_expired_keys_only(database_url: str
     database.dispose()
     assert left == {f"{prefix}-old-running", f"{prefix}-new-done"}
     assert keys == {f"{prefix}-live"}
+
+
+def test_a_large_purge_holds_sqlite_in_short_transactions_and_postgresql_in_one(database_url: str) -> None:
+    database = Database(database_url)
+    old, recent = datetime.now(UTC) - timedelta(days=8), datetime.now(UTC) - timedelta(days=1)
+    prefix = uuid.uuid4().hex[:8]
+    finished = [(f"{prefix}-{n}", "completed" if n % 2 else "failed", old) for n in range(2 * PURGE_BATCH + 2_000)]
+    kept = [(f"{prefix}-running", "processing", old), (f"{prefix}-recent", "completed", recent)]
+    with database.transaction() as connection:
+        connection.execute(insert(job_status), [
+            {"message_id": message_id, "actor_name": "a", "queue_name": "q", "status": status, "attempts": 1,
+             "unfinished_deliveries": 0, "updated_at": updated_at} for message_id, status, updated_at in finished + kept
+        ])  # fmt: skip
+    transactions = []
+    event.listen(database.engine, "begin", transactions.append)
+
+    assert purge_finished_jobs(database, older_than=timedelta(days=7)) == len(finished)
+
+    # SQLite: each batch holds the write lock, and every worker's status write, only briefly.
+    assert len(transactions) == (3 if database_url.startswith("sqlite") else 1)
+    message_id = job_status.c.message_id
+    with database.engine.connect() as connection:
+        left = set(connection.scalars(select(message_id).where(message_id.like(f"{prefix}%"))))
+    database.dispose()
+    assert left == {f"{prefix}-running", f"{prefix}-recent"}
