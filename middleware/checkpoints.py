@@ -59,6 +59,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    null,
     or_,
     select,
     update,
@@ -240,7 +241,9 @@ class Checkpoint:
         """Release the lease when the delivery ends; ``completed``: mark the work done as well."""
         values: dict[str, Any] = {"lease_token": None}
         if completed:
-            values.update(completed_at=datetime.now(UTC), progress=1.0)
+            # The saved message is only for handing back an unfinished job (stalled jobs): the row stays,
+            # as the mark that the work is done, but not the copy of the message.
+            values.update(completed_at=datetime.now(UTC), progress=1.0, message=null())
         conditions = [job_checkpoints.c.key == self.key, job_checkpoints.c.completed_at.is_(None)]
         if self.lease_token is not None:  # None: the checkpoint was never loaded (the database was down)
             conditions.append(job_checkpoints.c.lease_token == self.lease_token)

@@ -75,6 +75,7 @@ def test_a_failed_job_resumes_after_its_last_saved_item(
     row = checkpoint_row(database, message.message_id)
     assert (row.position, row.resumes, row.resumed_from, row.saves) == (7, 1, 3, 8)
     assert row.completed_at is not None and row.progress == 1.0
+    assert row.message is None, "a completed job keeps no copy of its message"
 
 
 def test_output_and_checkpoint_commit_together_or_not_at_all(
