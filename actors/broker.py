@@ -33,6 +33,7 @@ from middleware.idempotency import Idempotency
 from middleware.job_logs import JobLogs
 from middleware.job_status import JobStatus
 from middleware.metrics import Metrics
+from middleware.redis_durability import RedisDurability
 from middleware.retries import Retries
 from middleware.routing import DurationRouting
 from middleware.worker_health import WorkerHealth
@@ -62,6 +63,8 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
         ),
         # Refuses to start a worker whose database schema is behind, before it takes a message.
         BootChecks(checks=[lambda: schema_problem(database)]),
+        # Redis only: warns at boot when Redis would lose the jobs waiting in its queues on a restart.
+        *([RedisDurability()] if redis else []),
         # Drops messages past their max_age before any work is spent on them.
         AgeLimit(),
         # Enforces each message's time_limit; routing gives every routed message its queue's limit.
