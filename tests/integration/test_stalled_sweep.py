@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dramatiq
+import pytest
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, xq_name
@@ -28,110 +29,98 @@ from tests import harness
 QUEUE = "sweep"
 
 
-def test_one_read_of_the_queue_judges_every_stale_row_on_it(sqlite_url: str, redis_namespace: str) -> None:
+@pytest.fixture
+def broker(redis_namespace: str) -> Iterator[RedisBroker]:
     broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace)
-    database = Database(sqlite_url)
-    try:
-        waiting = broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={}, options={}))
-        lost = [dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(n,), kwargs={}, options={})
-                for n in range(2)]  # fmt: skip
-        resumable = dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(9,), kwargs={}, options={})
-        # A checkpointed job lost before its first save: its delivery's lease claim saved the message.
-        claimed = dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(10,), kwargs={}, options={})
-        stale = datetime.now(UTC) - timedelta(minutes=5)
-        with database.transaction() as connection:
-            for message in (waiting, *lost, resumable, claimed):
-                connection.execute(insert(job_status).values(
-                    message_id=message.message_id, actor_name="work", queue_name=QUEUE, status=PROCESSING,
-                    attempts=1, unfinished_deliveries=1, started_at=stale, updated_at=stale,
-                ))  # fmt: skip
-            connection.execute(insert(job_checkpoints).values(
-                key=resumable.message_id, actor_name="work", message_id=resumable.message_id, position=3, saves=4,
-                resumes=0, created_at=stale, updated_at=stale, message=message_payload(resumable),
-            ))  # fmt: skip
-            connection.execute(insert(job_checkpoints).values(
-                key=claimed.message_id, actor_name="work", message_id=claimed.message_id, saves=0, resumes=0,
-                created_at=stale, updated_at=stale, message=message_payload(claimed), lease_token="dead-delivery",
-            ))  # fmt: skip
+    yield broker
+    broker.close()
 
-        scanned = record_scans(broker)
-        report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
 
-        assert report.examined == 5
-        assert sorted(report.lost) == sorted(message.message_id for message in lost)
-        assert sorted(report.handed_back) == sorted([resumable.message_id, claimed.message_id])
-        # One scan of the queue's hashes for the five rows, the delay queue first; the waiting message
-        # was found in the queue, so its dead letters were searched for the four others only.
-        assert scanned == [(f"{redis_namespace}:{name}.msgs", ids) for name, ids in (
-            (dq_name(QUEUE), 5), (QUEUE, 5), (xq_name(QUEUE), 4))]  # fmt: skip
-        with database.engine.connect() as connection:
-            statuses = dict(connection.execute(select(job_status.c.message_id, job_status.c.status)).all())
-        assert statuses[waiting.message_id] == PROCESSING  # its message still waits: left alone
-        assert {statuses[message.message_id] for message in lost} == {"failed"}
-        requeued = broker.client.hkeys(f"{redis_namespace}:{QUEUE}.msgs")
-        assert len(requeued) == 3  # the waiting message, and the two with checkpoints enqueued again
-    finally:
-        broker.close()
-        database.dispose()
+def test_one_read_of_the_queue_judges_every_stale_row_on_it(
+    broker: RedisBroker, database: Database, redis_namespace: str
+) -> None:
+    waiting = broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={}, options={}))
+    lost = [dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(n,), kwargs={}, options={})
+            for n in range(2)]  # fmt: skip
+    resumable = dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(9,), kwargs={}, options={})
+    # A checkpointed job lost before its first save: its delivery's lease claim saved the message.
+    claimed = dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(10,), kwargs={}, options={})
+    for message in (waiting, *lost, resumable, claimed):
+        insert_stale_processing_row(database, message.message_id)
+    stale = datetime.now(UTC) - timedelta(minutes=5)
+    with database.transaction() as connection:
+        connection.execute(insert(job_checkpoints).values(
+            key=resumable.message_id, actor_name="work", message_id=resumable.message_id, position=3, saves=4,
+            resumes=0, created_at=stale, updated_at=stale, message=message_payload(resumable),
+        ))  # fmt: skip
+        connection.execute(insert(job_checkpoints).values(
+            key=claimed.message_id, actor_name="work", message_id=claimed.message_id, saves=0, resumes=0,
+            created_at=stale, updated_at=stale, message=message_payload(claimed), lease_token="dead-delivery",
+        ))  # fmt: skip
+
+    scanned = record_scans(broker)
+    report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
+
+    assert report.examined == 5
+    assert sorted(report.lost) == sorted(message.message_id for message in lost)
+    assert sorted(report.handed_back) == sorted([resumable.message_id, claimed.message_id])
+    # One scan of the queue's hashes for the five rows, the delay queue first; the waiting message
+    # was found in the queue, so its dead letters were searched for the four others only.
+    assert scanned == [(f"{redis_namespace}:{name}.msgs", ids) for name, ids in (
+        (dq_name(QUEUE), 5), (QUEUE, 5), (xq_name(QUEUE), 4))]  # fmt: skip
+    with database.engine.connect() as connection:
+        statuses = dict(connection.execute(select(job_status.c.message_id, job_status.c.status)).all())
+    assert statuses[waiting.message_id] == PROCESSING  # its message still waits: left alone
+    assert {statuses[message.message_id] for message in lost} == {"failed"}
+    requeued = broker.client.hkeys(f"{redis_namespace}:{QUEUE}.msgs")
+    assert len(requeued) == 3  # the waiting message, and the two with checkpoints enqueued again
 
 
 def test_a_delayed_message_that_reaches_its_queue_during_the_sweep_is_not_taken_for_lost(
-    sqlite_url: str, redis_namespace: str
+    broker: RedisBroker, database: Database, redis_namespace: str
 ) -> None:
-    broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace)
-    database = Database(sqlite_url)
-    try:
-        # A retry waiting in the delay queue for longer than the sweep's threshold.
-        delayed = broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={},
-                                                  options={}), delay=600_000)  # fmt: skip
-        insert_stale_processing_row(database, delayed.message_id)
-        delay_hash, queue_hash = (f"{redis_namespace}:{name}.msgs" for name in (dq_name(QUEUE), QUEUE))
-        [(redis_message_id, body)] = broker.client.hgetall(delay_hash).items()
+    # A retry waiting in the delay queue for longer than the sweep's threshold.
+    delayed = broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={},
+                                              options={}), delay=600_000)  # fmt: skip
+    insert_stale_processing_row(database, delayed.message_id)
+    delay_hash, queue_hash = (f"{redis_namespace}:{name}.msgs" for name in (dq_name(QUEUE), QUEUE))
+    [(redis_message_id, body)] = broker.client.hgetall(delay_hash).items()
 
-        def its_time_comes() -> None:  # as Dramatiq's worker moves it: into the queue, then out of the delay queue
-            broker.client.hset(queue_hash, redis_message_id, body)
-            broker.client.hdel(delay_hash, redis_message_id)
+    def its_time_comes() -> None:  # as Dramatiq's worker moves it: into the queue, then out of the delay queue
+        broker.client.hset(queue_hash, redis_message_id, body)
+        broker.client.hdel(delay_hash, redis_message_id)
 
-        scanned = record_scans(broker, after_first=its_time_comes)
-        report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
+    scanned = record_scans(broker, after_first=its_time_comes)
+    report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
 
-        assert (report.examined, report.lost, report.handed_back) == (1, [], [])
-        assert get_job(database, delayed.message_id)["status"] == PROCESSING
-        assert scanned[0][0] == delay_hash, "it moved right after the sweep's first look"
-    finally:
-        broker.close()
-        database.dispose()
+    assert (report.examined, report.lost, report.handed_back) == (1, [], [])
+    assert get_job(database, delayed.message_id)["status"] == PROCESSING
+    assert scanned[0][0] == delay_hash, "it moved right after the sweep's first look"
 
 
 def test_a_long_queue_is_searched_in_redis_and_only_the_ids_found_come_back(
-    sqlite_url: str, redis_namespace: str
+    broker: RedisBroker, database: Database, redis_namespace: str
 ) -> None:
-    broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace)
-    database = Database(sqlite_url)
-    try:
-        padding = "x" * 5_000
-        pipeline = broker.client.pipeline(transaction=False)
-        waiting = [dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(padding,), kwargs={},
-                                    options={"redis_message_id": f"r{n}"}) for n in range(2_500)]  # fmt: skip
-        for message in waiting:
-            pipeline.hset(f"{redis_namespace}:{QUEUE}.msgs", message.options["redis_message_id"], message.encode())
-        pipeline.execute()
-        held, lost = waiting[1_777], dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={},
-                                                      options={})  # fmt: skip
-        for message in (held, lost):
-            insert_stale_processing_row(database, message.message_id)
+    padding = "x" * 5_000
+    pipeline = broker.client.pipeline(transaction=False)
+    waiting = [dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(padding,), kwargs={},
+                                options={"redis_message_id": f"r{n}"}) for n in range(2_500)]  # fmt: skip
+    for message in waiting:
+        pipeline.hset(f"{redis_namespace}:{QUEUE}.msgs", message.options["redis_message_id"], message.encode())
+    pipeline.execute()
+    held, lost = waiting[1_777], dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={},
+                                                  options={})  # fmt: skip
+    for message in (held, lost):
+        insert_stale_processing_row(database, message.message_id)
 
-        sent_before = broker.client.info("stats")["total_net_output_bytes"]
-        report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
-        sent = broker.client.info("stats")["total_net_output_bytes"] - sent_before
+    sent_before = broker.client.info("stats")["total_net_output_bytes"]
+    report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
+    sent = broker.client.info("stats")["total_net_output_bytes"] - sent_before
 
-        assert (report.examined, report.lost) == (2, [lost.message_id])
-        assert get_job(database, held.message_id)["status"] == PROCESSING
-        # The queue holds 12.5 MB of bodies; reading them, as the sweep once did, would send them all.
-        assert sent < 200_000, f"Redis sent {sent} bytes for a sweep of two rows"
-    finally:
-        broker.close()
-        database.dispose()
+    assert (report.examined, report.lost) == (2, [lost.message_id])
+    assert get_job(database, held.message_id)["status"] == PROCESSING
+    # The queue holds 12.5 MB of bodies; reading them, as the sweep once did, would send them all.
+    assert sent < 200_000, f"Redis sent {sent} bytes for a sweep of two rows"
 
 
 def insert_stale_processing_row(database: Database, message_id: str) -> None:
