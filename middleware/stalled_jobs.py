@@ -33,6 +33,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, q_name, xq_name
+from dramatiq.encoder import JSONEncoder
 from sqlalchemy import select, update
 
 from middleware.checkpoints import job_checkpoints
@@ -96,25 +97,37 @@ def _stale_processing_rows(database: Database, *, older_than: timedelta) -> list
         return [dict(row._mapping) for row in connection.execute(query)]
 
 
-# KEYS: one message hash; ARGV: an HSCAN cursor, then message ids. Scans one page of the hash and
-# returns the next cursor, then the ids some body of the page names. Redis answers ids, not bodies,
-# and is held for one page at a time. Bodies are Dramatiq's compact JSON; an id named anywhere in a
-# body (a pipeline's next message too) counts as held, which only ever leaves a row for the next sweep.
+# KEYS: one message hash; ARGV: an HSCAN cursor, "json" or "any", then message ids. Scans one page
+# of the hash and returns the next cursor, then the ids some body of the page names. Redis answers
+# ids, not bodies, and is held for one page at a time. An id named anywhere in a body (a pipeline's
+# next message too) counts as held, which only ever leaves a row for the next sweep. "json": bodies
+# are Dramatiq's compact JSON, and only the values of "message_id" keys are looked up, whatever the
+# number of ids; "any" (another encoder): each id is searched for in each body.
 _FIND_HELD_SCRIPT = """
 local wanted = {}
-for i = 2, #ARGV do wanted[ARGV[i]] = true end
+for i = 3, #ARGV do wanted[ARGV[i]] = true end
 local page = redis.call("HSCAN", KEYS[1], ARGV[1], "COUNT", 1000)
 local reply = {page[1]}
 for i = 2, #page[2], 2 do
-  local body, at = page[2][i], 1
-  while true do
-    local _, last = string.find(body, '"message_id":"', at, true)
-    if last == nil then break end
-    at = string.find(body, '"', last + 1, true) or #body
-    local id = string.sub(body, last + 1, at - 1)
-    if wanted[id] then
-      wanted[id] = nil
-      reply[#reply + 1] = id
+  local body = page[2][i]
+  if ARGV[2] == "json" then
+    local at = 1
+    while true do
+      local _, last = string.find(body, '"message_id":"', at, true)
+      if last == nil then break end
+      at = string.find(body, '"', last + 1, true) or #body
+      local id = string.sub(body, last + 1, at - 1)
+      if wanted[id] then
+        wanted[id] = nil
+        reply[#reply + 1] = id
+      end
+    end
+  else
+    for id in pairs(wanted) do
+      if string.find(body, id, 1, true) then
+        wanted[id] = nil
+        reply[#reply + 1] = id
+      end
     end
   end
 end
@@ -133,11 +146,12 @@ def _held_message_ids(broker: RedisBroker, queue_name: str, message_ids: list[st
     row alone. A delivery, and the heartbeat keeper's hand-back, leave the body where it is.
     """
     script = broker.client.register_script(_FIND_HELD_SCRIPT)
+    bodies = "json" if type(dramatiq.get_encoder()) is JSONEncoder else "any"
     wanted, held = set(message_ids), set()
     for name in (dq_name(queue_name), q_name(queue_name), xq_name(queue_name)):
         cursor = b"0"
         while wanted:
-            cursor, *found = script(keys=[f"{broker.namespace}:{name}.msgs"], args=[cursor, *wanted])
+            cursor, *found = script(keys=[f"{broker.namespace}:{name}.msgs"], args=[cursor, bodies, *wanted])
             found_ids = {message_id.decode() for message_id in found}
             held |= found_ids
             wanted -= found_ids

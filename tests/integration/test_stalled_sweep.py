@@ -15,6 +15,7 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, xq_name
+from dramatiq.encoder import JSONEncoder, PickleEncoder
 from dramatiq.middleware import CurrentMessage
 from sqlalchemy import insert, select
 
@@ -98,6 +99,21 @@ def test_a_delayed_message_that_reaches_its_queue_during_the_sweep_is_not_taken_
     assert scanned[0][0] == delay_hash, "it moved right after the sweep's first look"
 
 
+def test_bodies_of_another_encoder_are_searched_for_the_ids_themselves(broker: RedisBroker, database: Database) -> None:
+    dramatiq.set_encoder(PickleEncoder())
+    try:
+        waiting = broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={},
+                                                  options={}))  # fmt: skip
+        lost = dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={}, options={})
+        for message in (waiting, lost):
+            insert_stale_processing_row(database, message.message_id)
+        report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
+    finally:
+        dramatiq.set_encoder(JSONEncoder())
+    assert (report.examined, report.lost) == (2, [lost.message_id])
+    assert get_job(database, waiting.message_id)["status"] == PROCESSING
+
+
 def test_a_long_queue_is_searched_in_redis_and_only_the_ids_found_come_back(
     broker: RedisBroker, database: Database, redis_namespace: str
 ) -> None:
@@ -141,7 +157,7 @@ def record_scans(broker: RedisBroker, *, after_first: Callable[[], None] | None 
         reply = evalsha(sha, numkeys, key, *args)
         if not key.endswith(".msgs"):  # the broker's own scripts (the hand-back's enqueue)
             return reply
-        scanned.append((key, len(args) - 1))  # the cursor, then the ids
+        scanned.append((key, len(args) - 2))  # the cursor, how bodies are encoded, then the ids
         if after_first is not None and len(scanned) == 1:
             after_first()
         return reply
