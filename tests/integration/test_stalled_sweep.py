@@ -4,6 +4,7 @@ order that a message moving on meanwhile cannot escape; and that Redis sends ids
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import dramatiq
 import pytest
 from dramatiq import Worker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, xq_name
 from dramatiq.encoder import JSONEncoder, PickleEncoder
@@ -97,6 +99,22 @@ def test_a_delayed_message_that_reaches_its_queue_during_the_sweep_is_not_taken_
     assert (report.examined, report.lost, report.handed_back) == (1, [], [])
     assert get_job(database, delayed.message_id)["status"] == PROCESSING
     assert scanned[0][0] == delay_hash, "it moved right after the sweep's first look"
+
+
+def test_on_rabbitmq_stale_rows_are_reported_and_left_to_the_broker(
+    rabbitmq_url: str, database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = RabbitmqBroker(url=rabbitmq_url)
+    message = dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={}, options={})
+    insert_stale_processing_row(database, message.message_id)
+    try:
+        with caplog.at_level(logging.INFO, logger="middleware.stalled_jobs"):
+            report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
+    finally:
+        broker.close()
+    assert report.to_dict() == {"examined": 1, "handed_back": [], "lost": [], "unverified": [message.message_id]}
+    assert get_job(database, message.message_id)["status"] == PROCESSING
+    assert "the broker cannot be asked whether it holds their messages" in caplog.text
 
 
 def test_bodies_of_another_encoder_are_searched_for_the_ids_themselves(broker: RedisBroker, database: Database) -> None:
