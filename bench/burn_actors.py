@@ -11,10 +11,9 @@ import time
 from typing import Any
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
-from actors.settings import Settings
+from bench.bare_actors import broker, hold, noop, sleep_ms
 
 
 class CpuBurn(Middleware):
@@ -34,11 +33,7 @@ class CpuBurn(Middleware):
             pass
 
 
-_settings = Settings.from_env()
-broker = RedisBroker(url=_settings.broker_url, namespace=_settings.redis_namespace)
+# Bare Dramatiq's broker and jobs, with the burn added last (it touches no message).
 broker.add_middleware(CpuBurn(int(os.environ.get("BENCH_BURN_US", "0"))))
-dramatiq.set_broker(broker)
-
-from bench.jobs import hold, noop, sleep_ms  # noqa: E402  (declared on the broker set above)
 
 __all__ = ["broker", "hold", "noop", "sleep_ms"]
