@@ -17,6 +17,11 @@ PostgreSQL's commit flush) one by one. Here:
    futex calls per job).
 4. If a batch fails, each of its writes is tried again in a transaction of its own, so one bad
    write fails only its own caller, with its own error.
+5. A caller that need not wait (:meth:`GroupCommit.submit`) leaves its write pending and goes
+   on; it waits later, if at all (:meth:`GroupCommit.wait`). Such writes are flushed by the flush
+   under way, or else by this process's flusher thread, which takes a flush no caller is waiting
+   to take. Until it is taken, a pending write can still be replaced (:meth:`GroupCommit.replace`):
+   two writes become one row.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class Write:
     result: Any = None
     error: BaseException | None = None
     done: bool = field(default=False, repr=False)
+    #: Run once the write is settled (committed or failed), by the thread that settled it.
+    then: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
 
 #: Runs a batch of writes in one transaction (rolled back if it raises), setting each ``write.result``.
@@ -74,6 +81,7 @@ class GroupCommit:
         self._pending: list[Write] = []
         self._waiting: list[_Caller] = []
         self._flushing = False
+        self._flusher_thread: _Flusher | None = None
 
     def run(self, write: Write) -> Any:
         """Commit ``write`` (with whatever else is pending) and return its result, or raise its error."""
@@ -95,14 +103,53 @@ class GroupCommit:
             caller.wake.acquire()
         if not caller.done:  # woken to flush next (its writes are among the pending ones)
             self._flush(own=set(writes))
-        for write in writes:
-            if write.error is not None:
-                raise write.error
+        _raise_first_error(writes)
+
+    def submit(self, write: Write) -> None:
+        """Leave ``write`` to be committed without waiting for it (see :meth:`wait`)."""
+        self._after_fork()
+        with self._lock:
+            self._pending.append(write)
+            if self._flushing:
+                return  # the flush under way hands the pending writes on
+            self._flushing = True
+        self._flusher().wake.release()
+
+    def replace(self, write: Write, replacement: Write) -> bool:
+        """Put ``replacement`` in the place of ``write`` if no flush has taken ``write`` yet."""
+        with self._lock:
+            for index, pending in enumerate(self._pending):
+                if pending is write:
+                    self._pending[index] = replacement
+                    return True
+        return False
+
+    def then(self, write: Write, action: Callable[[], None]) -> None:
+        """Run ``action`` once ``write`` is settled: now, in this thread, if it is already."""
+        with self._lock:
+            if not write.done:
+                write.then.append(action)
+                return
+        action()
+
+    def wait(self, writes: Sequence[Write]) -> None:
+        """Wait until submitted ``writes`` are committed; raises the first error among them."""
+        caller = _Caller(writes)
+        with self._lock:
+            waits = not caller.done
+            if waits:
+                self._waiting.append(caller)
+        if waits:
+            caller.wake.acquire()
+            if not caller.done:  # woken to flush next
+                self._flush(own=set())
+        _raise_first_error(writes)
 
     def _flush(self, *, own: set[Write]) -> None:
         """Commit everything pending, then wake the callers it settled and hand on the next flush."""
         batch: list[Write] = []
         settled: list[Write] = []
+        actions: list[Callable[[], None]] = []
         try:
             with self._lock:
                 batch, self._pending = self._pending, []
@@ -126,6 +173,7 @@ class GroupCommit:
             with self._lock:
                 for write in settled:
                     write.done = True
+                    actions.extend(write.then)
                 # An interruption (Shutdown, TimeLimitExceeded) raised in this thread is this thread's
                 # alone: the other writes it had not committed go back to pending, for the next flush.
                 self._pending[:0] = [write for write in batch if not write.done and write not in own]
@@ -137,9 +185,23 @@ class GroupCommit:
                         still_waiting.append(caller)
                 if self._pending and still_waiting:
                     still_waiting.pop(0).wake.release()  # the longest waiting flushes next; _flushing stays True
+                elif self._pending:
+                    self._flusher().wake.release()  # submitted writes nobody waits for yet
                 else:
                     self._flushing = False
                 self._waiting = still_waiting
+            for action in actions:  # after the next flush is handed on: an action may take its time
+                try:
+                    action()
+                except Exception:
+                    logger.exception("An action after a group commit failed.")
+
+    def _flusher(self) -> _Flusher:
+        """This process's flusher thread, started on first use (a thread of the parent does not survive a fork)."""
+        if self._flusher_thread is None:
+            self._flusher_thread = _Flusher(self)
+            self._flusher_thread.start()
+        return self._flusher_thread
 
     def _after_fork(self) -> None:
         # A lock held by a thread of the parent would never be released in the child.
@@ -149,3 +211,28 @@ class GroupCommit:
             self._pending = []
             self._waiting = []
             self._flushing = False
+            self._flusher_thread = None
+
+
+class _Flusher(threading.Thread):
+    """Takes the flushes of submitted writes that no caller waits to take."""
+
+    def __init__(self, group: GroupCommit) -> None:
+        super().__init__(name="GroupCommitFlusher", daemon=True)
+        self.group = group
+        self.wake = threading.Lock()
+        self.wake.acquire()  # released each time a flush is handed to this thread
+
+    def run(self) -> None:
+        while True:
+            self.wake.acquire()
+            try:
+                self.group._flush(own=set())
+            except Exception:  # each write's own error is on the write; this would be a bug of the flush itself
+                logger.exception("A group commit flush failed.")
+
+
+def _raise_first_error(writes: Sequence[Write]) -> None:
+    for write in writes:
+        if write.error is not None:
+            raise write.error

@@ -108,3 +108,36 @@ def test_after_a_flush_the_longest_waiting_caller_flushes_everything_pending() -
         thread.join(timeout=10)
     assert recorder.batches == [[1], [2, 3, 4]]
     assert flushers == [first.name, waiting[0].name], "the first caller to wait is the one handed the next flush"
+
+
+def test_a_submitted_write_is_committed_without_its_caller_and_what_follows_it_runs_after_the_commit() -> None:
+    recorder = Recorder()
+    group = GroupCommit(commit=recorder.commit)
+    submitted = Write("double", {"value": 3})
+    group.submit(submitted)  # returns at once: the first commit is held
+    recorder.first_started.wait(timeout=10)
+    followed: list[tuple[list[list[int]], str]] = []
+    group.then(submitted, lambda: followed.append(([*recorder.batches], threading.current_thread().name)))
+    assert followed == [] and not submitted.done
+    recorder.hold_first.set()
+    group.wait([submitted])
+    assert submitted.result == 6
+    wait_until(lambda: followed, timeout_s=10, what="the action after the commit")
+    assert followed == [([[3]], "GroupCommitFlusher")], "run once committed, by the thread that committed it"
+    group.then(submitted, lambda: followed.append(([], threading.current_thread().name)))
+    assert followed[-1] == ([], threading.current_thread().name), "after a settled write: at once, in this thread"
+
+
+def test_a_pending_write_can_be_replaced_until_a_flush_takes_it() -> None:
+    recorder = Recorder()
+    group = GroupCommit(commit=recorder.commit)
+    taken = Write("double", {"value": 1})
+    group.submit(taken)
+    recorder.first_started.wait(timeout=10)  # the flusher holds write 1
+    pending, replacement = Write("double", {"value": 2}), Write("double", {"value": 20})
+    group.submit(pending)
+    assert group.replace(pending, replacement)
+    assert not group.replace(taken, Write("double", {"value": 10})), "a write a flush has taken stays"
+    recorder.hold_first.set()
+    group.wait([taken, replacement])
+    assert recorder.batches == [[1], [20]] and replacement.result == 40
