@@ -92,8 +92,9 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
             database=database, ttl_ms=settings.idempotency_ttl_ms, unsent_after_ms=settings.idempotency_unsent_after_ms
         ),
         # queued -> processing -> completed | failed, progress; counts deliveries to catch poison.
-        # Before Retries, so its after-hook sees whether the failure is final.
-        JobStatus(database=database, max_deliveries=settings.max_deliveries),
+        # Before Retries, so its after-hook sees whether the failure is final. On Redis the heartbeat
+        # keeper marks the messages it hands back, so the other deliveries need not wait for their start.
+        JobStatus(database=database, max_deliveries=settings.max_deliveries, start_write_behind=redis),
         # Fatal errors fail at once; others retry by the actor's policy; interruptions (a deploy, a
         # database outage) cost nothing.
         Retries(max_retries=5, min_backoff=2_000, max_backoff=300_000, database_outages=DatabaseOutages(database)),

@@ -1,4 +1,11 @@
-"""Dramatiq's Redis broker, with malformed message bodies moved to the dead-letter queue.
+"""Dramatiq's Redis broker, acking each message once its job status is saved, and moving malformed
+message bodies to the dead-letter queue.
+
+A worker thread hands its message's ack to ``JobStatus.when_saved`` and goes on to its next
+message: the ack is sent by the thread that commits the status, right after the commit. Dramatiq
+would ack in the worker thread, which would first have to wait for the commit (a quarter of a
+no-op drain's rate, measured in bench/README.md). An ack refused by Redis is tried again until
+Redis is back, as Dramatiq's worker does; a consumer closes only once its deferred acks are sent.
 
 Dramatiq's RabbitMQ consumer dead-letters a body it cannot decode; its Redis consumer raises,
 restarts, and leaves the message stranded in its unacked set, to come back after every worker
@@ -13,13 +20,17 @@ A send whose connection Redis refused gives back the idempotency key it claimed
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker as DramatiqRedisBroker
 from dramatiq.brokers.redis import _RedisConsumer
-from dramatiq.errors import DecodeError
+from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.worker import POST_PROCESS_MESSAGE_RETRY_DELAY_SECS
 
 from middleware.idempotency import settle_refused_sends
+from middleware.job_status import JobStatus
 
 logger = logging.getLogger("actors.redis_broker.RedisBroker")
 
@@ -27,7 +38,7 @@ logger = logging.getLogger("actors.redis_broker.RedisBroker")
 class RedisBroker(DramatiqRedisBroker):
     @property
     def consumer_class(self):
-        return _DeadLetteringConsumer
+        return _Consumer
 
     def enqueue(self, message: dramatiq.Message, *, delay: int | None = None) -> dramatiq.Message:
         try:
@@ -37,7 +48,49 @@ class RedisBroker(DramatiqRedisBroker):
             raise
 
 
-class _DeadLetteringConsumer(_RedisConsumer):
+#: How long a closing consumer waits for its deferred acks (each waits for a status commit).
+CLOSE_TIMEOUT_S = 30.0
+
+
+class _Consumer(_RedisConsumer):
+    def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self._status = next((each for each in broker.middleware if isinstance(each, JobStatus)), None)
+        if self._status is not None:
+            self._status.acks_follow_saves()
+        self._deferred_acks = 0
+        self._acks_sent = threading.Condition()
+
+    def ack(self, message: dramatiq.broker.MessageProxy) -> None:
+        if self._status is None:
+            super().ack(message)
+            return
+        with self._acks_sent:
+            self._deferred_acks += 1
+        self._status.when_saved(message, lambda: self._ack_until_sent(message))
+
+    def _ack_until_sent(self, message: dramatiq.broker.MessageProxy) -> None:
+        try:
+            while True:
+                try:
+                    super().ack(message)
+                    return
+                except ConnectionClosed as error:
+                    logger.warning("Could not ack message %s (%s); trying again in %d s.", message.message_id,
+                                   error, POST_PROCESS_MESSAGE_RETRY_DELAY_SECS)  # fmt: skip
+                    time.sleep(POST_PROCESS_MESSAGE_RETRY_DELAY_SECS)  # Redis is down: nothing to wait on
+        finally:
+            with self._acks_sent:
+                self._deferred_acks -= 1
+                self._acks_sent.notify_all()
+
+    def close(self) -> None:
+        with self._acks_sent:
+            if not self._acks_sent.wait_for(lambda: self._deferred_acks == 0, timeout=CLOSE_TIMEOUT_S):
+                logger.error("%d acks on %r were not sent within %.0f s; their messages will run again.",
+                             self._deferred_acks, self.queue_name, CLOSE_TIMEOUT_S)  # fmt: skip
+        super().close()
+
     def __next__(self):
         while True:
             try:

@@ -11,7 +11,9 @@ holds the GIL cannot poll, or beat from any of its threads, and would look dead.
    whatever that process is doing.
 3. The same process hands back, every interval, the unacked messages of any worker whose
    heartbeat is older than the liveness window, by running Dramatiq's own maintenance script
-   on each declared queue: deterministic, not by chance.
+   on each declared queue: deterministic, not by chance. It first marks each of those messages
+   (the ``handed_back`` option, a count), so that its next delivery counts itself as a delivery
+   before it runs (``middleware.job_status``: the poison count of a message whose worker dies).
 
 A SIGKILLed worker stops beating at once, so its job runs again about one window later; a live
 worker is never taken for dead, however long its job holds the GIL.
@@ -35,14 +37,28 @@ from collections.abc import Callable
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.errors import DecodeError
 from dramatiq.middleware import Middleware
 
 from middleware.metrics import count_recovery_requeues
+from middleware.poison_messages import HANDED_BACK
 from middleware.processes import process_alive
 
 logger = logging.getLogger("middleware.heartbeats.WorkerHeartbeats")
 
 DEFAULT_INTERVAL_MS = 1_000
+
+#: Replaces the bodies of messages still held (field still in the hash), never brings one back.
+_REPLACE_HELD_BODIES = """
+local replaced = 0
+for i = 1, #ARGV, 2 do
+    if redis.call("hexists", KEYS[1], ARGV[i]) == 1 then
+        redis.call("hset", KEYS[1], ARGV[i], ARGV[i + 1])
+        replaced = replaced + 1
+    end
+end
+return replaced
+"""
 
 
 def registry_key(broker: RedisBroker) -> str:
@@ -148,6 +164,7 @@ class HeartbeatKeeper:
         self.master_pid = master_pid
         self.host = host or socket.gethostname()
         self._hand_back_from = 0.0
+        self._replace_held_bodies = broker.client.register_script(_REPLACE_HELD_BODIES)
 
     def tick(self) -> None:
         try:
@@ -195,7 +212,8 @@ class HeartbeatKeeper:
             if not held:
                 client.zrem(heartbeats_key(broker), worker_id)  # dead and holding nothing: forget it
             for queue_name in held:
-                queues[queue_name] = queues.get(queue_name, 0) + client.scard(f"{prefix}{queue_name}")
+                held_messages = self.mark_handed_back(f"{prefix}{queue_name}", queue_name)
+                queues[queue_name] = queues.get(queue_name, 0) + held_messages
         for queue_name, messages in sorted(queues.items()):
             # Dramatiq's dispatch script runs maintenance for the queue a command names; "requeue"
             # with no message ids does nothing else.
@@ -207,6 +225,28 @@ class HeartbeatKeeper:
             logger.info("Handed back a dead worker's messages on %r (%d).", queue_name, messages)
             count_recovery_requeues(queue_name, messages)
         return len(queues)
+
+    def mark_handed_back(self, acks_key: str, queue_name: str) -> int:
+        """Count one more hand-back in the options of each message of a dead worker's unacked set;
+        returns how many it holds. A body that cannot be decoded is left as it is."""
+        client = self.broker.client
+        redis_message_ids = list(client.smembers(acks_key))
+        if not redis_message_ids:
+            return 0
+        bodies_key = f"{self.broker.namespace}:{queue_name}.msgs"
+        replacements: list[bytes] = []
+        for redis_message_id, body in zip(redis_message_ids, client.hmget(bodies_key, redis_message_ids), strict=True):
+            if body is None:
+                continue  # acked meanwhile: the worker was alive after all
+            try:
+                message = dramatiq.Message.decode(body)
+            except DecodeError:
+                continue  # dead-lettered by the next consumer that fetches it (actors/redis_broker.py)
+            options = {**message.options, HANDED_BACK: message.options.get(HANDED_BACK, 0) + 1}
+            replacements += [redis_message_id, message.copy(options=options).encode()]
+        if replacements:
+            self._replace_held_bodies(keys=[bodies_key], args=replacements)
+        return len(redis_message_ids)
 
 
 def run_keeper(broker: RedisBroker, *, interval_ms: int = DEFAULT_INTERVAL_MS, stop: Callable[[], bool]) -> None:

@@ -8,6 +8,20 @@
    A delivery that a middleware stopped before the actor ran (``CheckpointBusy``: another message
    holds the checkpoint) gives its attempt back: waiting is not trying.
 
+The writes of a delivery are committed before its ack, so the broker never lets go of a message
+whose status is not saved; the actor need not wait for them:
+
+- the finish is left pending when the actor returns, and committed with the writes of the other
+  threads in one transaction. The worker thread waits for it in ``before_ack``; or, with a broker
+  consumer that acks through :meth:`JobStatus.when_saved` (the Redis stack's), it goes on to its
+  next message and the ack follows the commit;
+- with ``start_write_behind``, the start is left pending too, and a job that finishes before its
+  start was committed costs one row write instead of two. A start that is not committed before
+  the actor runs cannot count a delivery whose worker dies at once, so a message the broker
+  hands back from a dead worker (marked :data:`HANDED_BACK`) still waits for its start: the
+  poison count misses at most the first of those deaths. Only for brokers that mark them (the
+  Redis stack: ``middleware.heartbeats``).
+
 Actors report progress with :func:`report_progress`; checkpointed actors report it with every
 checkpoint, in the checkpoint's transaction.
 """
@@ -15,7 +29,7 @@ checkpoint, in the checkpoint's transaction.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,14 +54,16 @@ from sqlalchemy import (
 from middleware.database import Database, delete_in_batches, metadata
 from middleware.failure_decision import current_failure, delivery_superseded
 from middleware.group_commit import GroupCommit, Write
-from middleware.poison_messages import DEFAULT_MAX_DELIVERIES, PoisonMessage, is_poison
+from middleware.poison_messages import DEFAULT_MAX_DELIVERIES, HANDED_BACK, PoisonMessage, is_poison
 from middleware.status_writer import (
     ENQUEUE,
     FINISH,
+    RUN,
     START,
     StatusWriter,
     finish_values,
     row_values,
+    run_values,
 )
 
 logger = logging.getLogger("middleware.job_status.JobStatus")
@@ -83,14 +99,19 @@ class JobStatus(Middleware):
     """Parameters:
     database: where ``job_status`` lives.
     max_deliveries: unfinished deliveries after which a message is dead-lettered as poison.
+    start_write_behind: the actor runs without waiting for its start to be committed, but for a
+      message marked :data:`HANDED_BACK`; only for a broker whose dead workers' messages are marked.
     """
 
-    def __init__(self, *, database: Database, max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
+    def __init__(self, *, database: Database, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+                 start_write_behind: bool = False) -> None:  # fmt: skip
         self.database = database
         self.max_deliveries = max_deliveries
-        # Every write is committed before its hook returns; concurrent ones share a transaction,
-        # on a connection of this process's own (middleware/status_writer.py: the hot path).
+        self.start_write_behind = start_write_behind
+        # Concurrent writes share a transaction, on a connection of this process's own
+        # (middleware/status_writer.py: the hot path).
         self._writes = GroupCommit(commit=StatusWriter(database).commit)
+        self._consumers_ack_when_saved = False
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
         self._writes.run(_enqueue_write(message, _now()))
@@ -102,10 +123,14 @@ class JobStatus(Middleware):
         self._writes.run_all([_enqueue_write(message, now) for message in messages])
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        now = _now()
-        unfinished = self._writes.run(Write(START, row_values(
-            message.message_id, message.actor_name, q_name(message.queue_name), PROCESSING, now,
-        )))  # fmt: skip
+        start = Write(START, row_values(
+            message.message_id, message.actor_name, q_name(message.queue_name), PROCESSING, _now(),
+        ))  # fmt: skip
+        if self.start_write_behind and not message.options.get(HANDED_BACK):
+            self._writes.submit(start)
+            _unsaved(message).append(start)
+            return
+        unfinished = self._writes.run(start)
         if is_poison(unfinished - 1, max_deliveries=self.max_deliveries):
             logger.error("Message %s was delivered %d times and its worker died each time; dead-lettering "
                          "it as poison.", message.message_id, unfinished - 1)  # fmt: skip
@@ -137,13 +162,74 @@ class JobStatus(Middleware):
         if not message.failed:  # skipped because its work is already complete
             self._finish(message, status=COMPLETED, progress=1.0)
 
+    def before_ack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        if not self._consumers_ack_when_saved:
+            self._save(message)
+
+    def before_nack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        self._save(message)
+
+    def _save(self, message: dramatiq.Message) -> None:
+        """Wait until the delivery's status writes are committed: the broker must not let go of the
+        message first (a worker killed in between would leave a finished job ``processing``)."""
+        writes = _take_unsaved(message)
+        if writes:
+            self._writes.wait(writes)
+
+    def acks_follow_saves(self) -> None:
+        """Said by a broker consumer that acks through :meth:`when_saved`: ``before_ack`` then need
+        not wait, and hold up the worker thread."""
+        self._consumers_ack_when_saved = True
+
+    def when_saved(self, message: dramatiq.Message, ack: Callable[[], None]) -> None:
+        """Run ``ack`` once the delivery's status writes are committed: now if they are, else in the
+        thread that commits them."""
+        writes = _take_unsaved(message)
+        if not writes:
+            ack()
+            return
+
+        def ack_once_saved() -> None:
+            for write in writes:
+                if write.error is not None:  # as the wait in before_ack would have: logged, and acked
+                    logger.error("The status of message %s could not be saved (%s: %s); acking it anyway.",
+                                 message.message_id, type(write.error).__name__, write.error)  # fmt: skip
+            ack()
+
+        self._writes.then(writes[-1], ack_once_saved)  # the writes of a message are committed in order
+
     def _finish(self, message: dramatiq.Message, *, status: str, error: str | None = None,
                 progress: float | None = None, finished: bool = True, attempted: bool = True) -> None:  # fmt: skip
         now = _now()
-        self._writes.run(Write(FINISH, finish_values(
+        finish = Write(FINISH, finish_values(
             message.message_id, status=status, now=now, finished_at=now if finished else None, error=error,
             progress=progress, attempted=attempted,
-        )))  # fmt: skip
+        ))  # fmt: skip
+        writes = _unsaved(message)
+        if writes and writes[-1].kind == START:
+            run = Write(RUN, run_values(writes[-1].params, finish.params))
+            if self._writes.replace(writes[-1], run):  # its start is still pending: one row for both
+                writes[-1] = run
+                return
+        self._writes.submit(finish)
+        writes.append(finish)
+
+
+def _unsaved(message: dramatiq.Message) -> list[Write]:
+    """The status writes of this delivery not known to be committed yet. They live on the delivery
+    (Dramatiq's message proxy, from fetch to ack), not under the message id: a delayed message's
+    ack and the delivery of its copy in the queue share the id."""
+    writes = message.__dict__.get(_UNSAVED)
+    if writes is None:
+        writes = message.__dict__[_UNSAVED] = []
+    return writes
+
+
+def _take_unsaved(message: dramatiq.Message) -> list[Write]:
+    return message.__dict__.pop(_UNSAVED, None) or []
+
+
+_UNSAVED = "_job_status_unsaved_writes"
 
 
 def _enqueue_write(message: dramatiq.Message, now: datetime) -> Write:

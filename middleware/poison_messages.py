@@ -13,6 +13,10 @@ from dramatiq.middleware import SkipMessage
 
 DEFAULT_MAX_DELIVERIES = 5
 
+#: A message option: how many times the broker handed the message back from a dead worker. Set by
+#: the Redis stack's heartbeat keeper; a delivery of such a message counts itself before it runs.
+HANDED_BACK = "handed_back"
+
 
 class PoisonMessage(SkipMessage):
     """The message's worker died ``max_deliveries`` times in a row; it is not run again."""

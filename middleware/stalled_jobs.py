@@ -40,6 +40,7 @@ from middleware.checkpoints import job_checkpoints
 from middleware.database import Database
 from middleware.job_logs import emit_event
 from middleware.job_status import FAILED, PROCESSING, job_status
+from middleware.poison_messages import HANDED_BACK
 
 logger = logging.getLogger("middleware.stalled_jobs")
 
@@ -203,5 +204,6 @@ def _unchanged(row: dict[str, Any]):
 
 def _enqueue_again(broker: dramatiq.Broker, payload: dict[str, Any]) -> None:
     options = {key: value for key, value in payload.get("options", {}).items() if key not in _DELIVERY_OPTIONS}
+    options[HANDED_BACK] = options.get(HANDED_BACK, 0) + 1  # its next delivery counts itself before it runs
     message = dramatiq.Message(**{**payload, "queue_name": q_name(payload["queue_name"]), "options": options})
     broker.enqueue(message)

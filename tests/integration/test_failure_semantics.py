@@ -151,20 +151,25 @@ def test_bad_input_ends_in_the_dead_letter_table_and_the_worker_keeps_serving(
     assert job(env, served)["status"] == "completed"
 
 
-@pytest.mark.parametrize(("broker_env", "database_url"), [("rabbitmq", "sqlite")], indirect=True)
+@pytest.mark.parametrize(("broker_env", "database_url"), [("rabbitmq", "sqlite"), ("redis", "sqlite")], indirect=True)
 def test_a_message_that_keeps_killing_its_worker_is_dead_lettered_as_poison(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**env, "MAX_DELIVERIES": "2"}
+    # The shortest liveness window: on Redis each death waits one before the keeper hands the job back.
+    env = {**env, "MAX_DELIVERIES": "2", "REDIS_HEARTBEAT_TIMEOUT_MS": "2000"}
     marker = tmp_path / "deliveries"
+    # Sent once the first worker is ready: Dramatiq's master takes 30 s to notice a worker that dies
+    # before it has said it is ready.
+    worker = WorkerProcess(env, log_path=tmp_path / "worker-0.log", modules=("tests.chaos_actors",))
+    worker.wait_ready()
     [poison] = send(env, (
         "from tests.chaos_actors import kill_own_worker\n"
         f"print(kill_own_worker.send({str(marker)!r}).message_id)\n"
     ))  # fmt: skip
     # No supervisor yet: restart the worker each time the poison message kills it.
-    for restart in range(4):
-        # No wait_ready: the poison message may kill the worker the instant it is ready.
-        worker = WorkerProcess(env, log_path=tmp_path / f"worker-{restart}.log", modules=("tests.chaos_actors",))
+    for restart in range(5):
+        if restart:  # no wait_ready: the poison message may kill the worker the instant it is ready
+            worker = WorkerProcess(env, log_path=tmp_path / f"worker-{restart}.log", modules=("tests.chaos_actors",))
         recorded = wait_until(
             lambda w=worker: dead_letter_of(env, poison) or w.process.poll() is not None,
             timeout_s=60,
@@ -175,5 +180,12 @@ def test_a_message_that_keeps_killing_its_worker_is_dead_lettered_as_poison(
             break
     row = dead_letter_of(env, poison)
     assert row is not None and (row["kind"], row["error_type"]) == ("poison", "PoisonMessage")
-    assert len(marker.read_text().split()) == 2, "it ran max_deliveries times, then never again"
+    runs = len(marker.read_text().split())
+    if env["BROKER_URL"].startswith("amqp"):
+        assert runs == 2, "it ran max_deliveries times, then never again"
+    else:
+        # On Redis a first delivery runs before its start is committed (middleware/job_status.py), and
+        # this job kills its worker at once, so its first death may go uncounted; each later delivery,
+        # marked by the keeper that handed it back, counts itself before it runs.
+        assert runs in (2, 3), f"it ran {runs} times: max_deliveries, or one more"
     assert job(env, poison)["error"] == "poison: its worker died 2 times in a row"

@@ -8,10 +8,12 @@ import subprocess
 import sys
 import time
 
+import dramatiq
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 
 from middleware.heartbeats import HeartbeatKeeper, KeeperWatchdog, heartbeats_key, register, registry_key
+from middleware.poison_messages import HANDED_BACK
 from tests import harness
 
 
@@ -49,6 +51,28 @@ def test_a_dead_workers_unacked_messages_go_back_to_their_queue(redis_namespace:
     assert client.lrange(f"{ns}:orders", 0, -1) == [b"m-1"]
     assert not client.exists(f"{ns}:__acks__.gone.orders")
     assert client.zscore(heartbeats_key(broker), "gone-idle") is None, "a dead worker holding nothing is forgotten"
+    broker.close()
+
+
+def test_the_messages_it_hands_back_are_marked_so_their_next_delivery_counts_itself(redis_namespace: str) -> None:
+    broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace, heartbeat_timeout=3_000)
+    client, ns = broker.client, redis_namespace
+    keeper = HeartbeatKeeper(broker, master_pid=os.getppid())
+    message = dramatiq.Message(queue_name="orders", actor_name="transcribe", args=(7,), kwargs={},
+                               options={"redis_message_id": "m-1"})  # fmt: skip
+    client.hset(f"{ns}:orders.msgs", mapping={"m-1": message.encode(), "m-bad": b"not a message"})
+
+    for death in (1, 2):  # the worker that got it back dies too
+        client.zadd(heartbeats_key(broker), {f"gone-{death}": int(time.time() * 1000) - 10_000})
+        client.sadd(f"{ns}:__acks__.gone-{death}.orders", "m-1", "m-bad", "m-acked")
+        client.delete(f"{ns}:orders")
+        assert keeper.hand_back_dead_workers_messages() == 1
+        handed_back = dramatiq.Message.decode(client.hget(f"{ns}:orders.msgs", "m-1"))
+        assert handed_back.options[HANDED_BACK] == death
+        assert (handed_back.message_id, handed_back.args) == (message.message_id, message.args)
+
+    assert client.hget(f"{ns}:orders.msgs", "m-bad") == b"not a message", "a malformed body is left for the consumer"
+    assert not client.hexists(f"{ns}:orders.msgs", "m-acked"), "an acked message's body is not brought back"
     broker.close()
 
 

@@ -25,6 +25,7 @@ from middleware.checkpoints import job_checkpoints
 from middleware.database import Database
 from middleware.dead_letters import message_payload
 from middleware.job_status import COMPLETED, PROCESSING, JobStatus, count_jobs, get_job, job_status
+from middleware.poison_messages import HANDED_BACK
 from middleware.retries import Retries
 from middleware.stalled_jobs import sweep_stalled_jobs
 from tests import harness
@@ -77,6 +78,10 @@ def test_one_read_of_the_queue_judges_every_stale_row_on_it(
     assert {statuses[message.message_id] for message in lost} == {"failed"}
     requeued = broker.client.hkeys(f"{redis_namespace}:{QUEUE}.msgs")
     assert len(requeued) == 3  # the waiting message, and the two with checkpoints enqueued again
+    bodies = [dramatiq.Message.decode(body) for body in broker.client.hvals(f"{redis_namespace}:{QUEUE}.msgs")]
+    assert {message.message_id: message.options.get(HANDED_BACK) for message in bodies} == {
+        waiting.message_id: None, resumable.message_id: 1, claimed.message_id: 1,
+    }, "a job handed back counts its next delivery before it runs"  # fmt: skip
 
 
 def test_a_delayed_message_that_reaches_its_queue_during_the_sweep_is_not_taken_for_lost(

@@ -1,0 +1,92 @@
+"""On Redis a worker thread does not wait for its job's status commit: the ack follows the commit."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+from sqlalchemy.engine import make_url
+
+from actors.redis_broker import RedisBroker
+from middleware.database import Database
+from middleware.job_status import COMPLETED, JobStatus, get_job
+from tests import harness
+
+QUEUE = "acks"
+
+
+@pytest.fixture
+def broker(redis_namespace: str, database: Database) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace,
+                         middleware=[JobStatus(database=database, start_write_behind=True)])  # fmt: skip
+    yield broker
+    broker.close()
+
+
+def test_the_worker_thread_goes_on_while_the_status_commit_waits_and_the_acks_follow_the_commit(
+    broker: RedisBroker, database: Database, redis_namespace: str
+) -> None:
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE)
+    def job(n: int) -> None:
+        ran.append(n)
+
+    first, second = job.send(1), job.send(2)
+    holder = sqlite3.connect(make_url(database.url).database)
+    holder.execute("BEGIN IMMEDIATE")  # every status commit now waits for this transaction
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    unacked = f"{redis_namespace}:__acks__.{broker.broker_id}.{QUEUE}"
+    try:
+        harness.wait_until(lambda: sorted(ran) == [1, 2], timeout_s=10, what="both jobs run by the one worker thread")
+        assert broker.client.scard(unacked) == 2, "neither message is acked before its status is saved"
+        statuses = holder.execute("SELECT status FROM job_status WHERE message_id IN (?, ?)",
+                                  (first.message_id, second.message_id)).fetchall()  # fmt: skip
+        assert statuses == [("queued",), ("queued",)]
+        holder.rollback()
+        harness.wait_until(lambda: broker.client.scard(unacked) == 0, timeout_s=10, what="both acks sent")
+        rows = [get_job(database, message.message_id) for message in (first, second)]
+        assert [(row["status"], row["attempts"], row["unfinished_deliveries"]) for row in rows] == [
+            (COMPLETED, 1, 0), (COMPLETED, 1, 0),
+        ]  # fmt: skip
+        assert all(row["started_at"] is not None and row["finished_at"] >= row["started_at"] for row in rows)
+    finally:
+        holder.close()
+        worker.stop()
+
+
+def test_a_stopping_worker_sends_its_deferred_acks_before_its_consumer_closes(
+    broker: RedisBroker, database: Database, redis_namespace: str
+) -> None:
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE)
+    def job() -> None:
+        ran.append(1)
+
+    message = job.send()
+    holder = sqlite3.connect(make_url(database.url).database)
+    holder.execute("BEGIN IMMEDIATE")
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    unacked = f"{redis_namespace}:__acks__.{broker.broker_id}.{QUEUE}"
+    try:
+        harness.wait_until(lambda: ran == [1], timeout_s=10, what="the job run")
+        stopping = threading.Thread(target=worker.stop)
+        stopping.start()
+        threads = [*worker.workers, *worker.consumers.values()]
+        harness.wait_until(lambda: not any(thread.is_alive() for thread in threads), timeout_s=10,
+                           what="the worker and consumer threads stopped")  # fmt: skip
+        stopping.join(timeout=1.0)  # what must not happen: closing the consumer with its ack unsent
+        assert stopping.is_alive() and broker.client.sismember(unacked, message.options["redis_message_id"])
+    finally:
+        holder.rollback()
+        holder.close()
+    stopping.join(timeout=10)
+    assert not stopping.is_alive()
+    assert broker.client.scard(unacked) == 0 and broker.client.hlen(f"{redis_namespace}:{QUEUE}.msgs") == 0
+    assert get_job(database, message.message_id)["status"] == COMPLETED
