@@ -2,10 +2,10 @@
 message bodies to the dead-letter queue.
 
 A worker thread hands its message's ack to ``JobStatus.when_saved`` and goes on to its next
-message: the ack is sent by the thread that commits the status, right after the commit. Dramatiq
-would ack in the worker thread, which would first have to wait for the commit (a quarter of a
-no-op drain's rate, measured in bench/README.md). An ack refused by Redis is tried again until
-Redis is back, as Dramatiq's worker does; a consumer closes only once its deferred acks are sent.
+message: the thread that commits the status then acks every message of that commit in one round
+trip. Dramatiq would ack in the worker thread, one round trip per message, after waiting for the
+commit (measured in bench/README.md). An ack refused by Redis is tried again until Redis is back,
+as Dramatiq's worker does; a consumer closes only once its deferred acks are sent.
 
 Dramatiq's RabbitMQ consumer dead-letters a body it cannot decode; its Redis consumer raises,
 restarts, and leaves the message stranded in its unacked set, to come back after every worker
@@ -24,9 +24,10 @@ import threading
 import time
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker as DramatiqRedisBroker
 from dramatiq.brokers.redis import _RedisConsumer
-from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.errors import DecodeError
 from dramatiq.worker import POST_PROCESS_MESSAGE_RETRY_DELAY_SECS
 
 from middleware.idempotency import settle_refused_sends
@@ -51,6 +52,15 @@ class RedisBroker(DramatiqRedisBroker):
 #: How long a closing consumer waits for its deferred acks (each waits for a status commit).
 CLOSE_TIMEOUT_S = 30.0
 
+#: Dramatiq's ack (its dispatch script's "ack"), for many messages at once.
+_ACK_MANY = """
+for i = 1, #ARGV do
+    if redis.call("srem", KEYS[1], ARGV[i]) > 0 then
+        redis.call("hdel", KEYS[2], ARGV[i])
+    end
+end
+"""
+
 
 class _Consumer(_RedisConsumer):
     def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
@@ -60,6 +70,7 @@ class _Consumer(_RedisConsumer):
             self._status.acks_follow_saves()
         self._deferred_acks = 0
         self._acks_sent = threading.Condition()
+        self._ack_many = broker.client.register_script(_ACK_MANY)
 
     def ack(self, message: dramatiq.broker.MessageProxy) -> None:
         if self._status is None:
@@ -67,21 +78,27 @@ class _Consumer(_RedisConsumer):
             return
         with self._acks_sent:
             self._deferred_acks += 1
-        self._status.when_saved(message, lambda: self._ack_until_sent(message))
+        self._status.when_saved(message, self._ack_all)
 
-    def _ack_until_sent(self, message: dramatiq.broker.MessageProxy) -> None:
+    def _ack_all(self, messages: list[dramatiq.broker.MessageProxy]) -> None:
+        """Ack the messages whose status one commit saved, in one round trip."""
+        acks = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
+        bodies = f"{self.broker.namespace}:{self.queue_name}.msgs"
+        redis_message_ids = [message.options["redis_message_id"] for message in messages]
         try:
             while True:
                 try:
-                    super().ack(message)
+                    self._ack_many(keys=[acks, bodies], args=redis_message_ids)
                     return
-                except ConnectionClosed as error:
-                    logger.warning("Could not ack message %s (%s); trying again in %d s.", message.message_id,
-                                   error, POST_PROCESS_MESSAGE_RETRY_DELAY_SECS)  # fmt: skip
+                except redis.ConnectionError as error:
+                    logger.warning("Could not ack %d messages on %r (%s); trying again in %d s.", len(messages),
+                                   self.queue_name, error, POST_PROCESS_MESSAGE_RETRY_DELAY_SECS)  # fmt: skip
                     time.sleep(POST_PROCESS_MESSAGE_RETRY_DELAY_SECS)  # Redis is down: nothing to wait on
         finally:
             with self._acks_sent:
-                self._deferred_acks -= 1
+                for message in messages:
+                    self.queued_message_ids.discard(message.message_id)  # as Dramatiq's ack does
+                self._deferred_acks -= len(messages)
                 self._acks_sent.notify_all()
 
     def close(self) -> None:

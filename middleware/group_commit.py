@@ -18,10 +18,11 @@ PostgreSQL's commit flush) one by one. Here:
 4. If a batch fails, each of its writes is tried again in a transaction of its own, so one bad
    write fails only its own caller, with its own error.
 5. A caller that need not wait (:meth:`GroupCommit.submit`) leaves its write pending and goes
-   on; it waits later, if at all (:meth:`GroupCommit.wait`). Such writes are flushed by the flush
-   under way, or else by this process's flusher thread, which takes a flush no caller is waiting
-   to take. Until it is taken, a pending write can still be replaced (:meth:`GroupCommit.replace`):
-   two writes become one row.
+   on; it waits later, if at all (:meth:`GroupCommit.wait`), or leaves an action to follow the
+   commit (:meth:`GroupCommit.then`). Such writes are flushed by the flush under way, or else by
+   this process's flusher thread, which takes a flush no caller is waiting to take. Until it is
+   taken, a pending write can still be replaced (:meth:`GroupCommit.replace`): two writes become
+   one row.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class Write:
     result: Any = None
     error: BaseException | None = None
     done: bool = field(default=False, repr=False)
-    #: Run once the write is settled (committed or failed), by the thread that settled it.
-    then: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    #: ``(action, item)`` pairs: once the write is settled (committed or failed), the thread that
+    #: settled it calls each action once with the items of all the writes it settled.
+    then: list[tuple[Callable[[list[Any]], None], Any]] = field(default_factory=list, repr=False)
 
 
 #: Runs a batch of writes in one transaction (rolled back if it raises), setting each ``write.result``.
@@ -124,13 +126,15 @@ class GroupCommit:
                     return True
         return False
 
-    def then(self, write: Write, action: Callable[[], None]) -> None:
-        """Run ``action`` once ``write`` is settled: now, in this thread, if it is already."""
+    def then(self, write: Write, action: Callable[[list[Any]], None], item: Any) -> None:
+        """Call ``action([item, ...])`` once ``write`` is settled, with the items of the other writes
+        settled together (one call for a batch: one ack round trip for many messages, say). If
+        ``write`` is settled already, ``action([item])`` runs now, in this thread."""
         with self._lock:
             if not write.done:
-                write.then.append(action)
+                write.then.append((action, item))
                 return
-        action()
+        action([item])
 
     def wait(self, writes: Sequence[Write]) -> None:
         """Wait until submitted ``writes`` are committed; raises the first error among them."""
@@ -149,7 +153,7 @@ class GroupCommit:
         """Commit everything pending, then wake the callers it settled and hand on the next flush."""
         batch: list[Write] = []
         settled: list[Write] = []
-        actions: list[Callable[[], None]] = []
+        actions: dict[Callable[[list[Any]], None], list[Any]] = {}
         try:
             with self._lock:
                 batch, self._pending = self._pending, []
@@ -173,7 +177,8 @@ class GroupCommit:
             with self._lock:
                 for write in settled:
                     write.done = True
-                    actions.extend(write.then)
+                    for action, item in write.then:
+                        actions.setdefault(action, []).append(item)
                 # An interruption (Shutdown, TimeLimitExceeded) raised in this thread is this thread's
                 # alone: the other writes it had not committed go back to pending, for the next flush.
                 self._pending[:0] = [write for write in batch if not write.done and write not in own]
@@ -190,9 +195,9 @@ class GroupCommit:
                 else:
                     self._flushing = False
                 self._waiting = still_waiting
-            for action in actions:  # after the next flush is handed on: an action may take its time
+            for action, items in actions.items():  # after the next flush is handed on: an action may take its time
                 try:
-                    action()
+                    action(items)
                 except Exception:
                     logger.exception("An action after a group commit failed.")
 

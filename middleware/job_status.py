@@ -181,22 +181,28 @@ class JobStatus(Middleware):
         not wait, and hold up the worker thread."""
         self._consumers_ack_when_saved = True
 
-    def when_saved(self, message: dramatiq.Message, ack: Callable[[], None]) -> None:
-        """Run ``ack`` once the delivery's status writes are committed: now if they are, else in the
-        thread that commits them."""
+    def when_saved(self, message: dramatiq.Message, ack_all: Callable[[list[dramatiq.Message]], None]) -> None:
+        """Ack ``message`` once the delivery's status writes are committed: ``ack_all([message, ...])``
+        is called with the messages whose writes were committed together, by the thread that committed
+        them; or at once with ``[message]`` if they are committed already."""
         writes = _take_unsaved(message)
         if not writes:
-            ack()
+            ack_all([message])
             return
+        # The writes of a message are committed in order: the last one settles them all.
+        self._writes.then(writes[-1], self._ack_saved, (message, writes, ack_all))
 
-        def ack_once_saved() -> None:
+    @staticmethod
+    def _ack_saved(saved: list[tuple[dramatiq.Message, list[Write], Callable[[list[dramatiq.Message]], None]]]) -> None:
+        by_ack: dict[Callable[[list[dramatiq.Message]], None], list[dramatiq.Message]] = {}
+        for message, writes, ack_all in saved:
             for write in writes:
                 if write.error is not None:  # as the wait in before_ack would have: logged, and acked
                     logger.error("The status of message %s could not be saved (%s: %s); acking it anyway.",
                                  message.message_id, type(write.error).__name__, write.error)  # fmt: skip
-            ack()
-
-        self._writes.then(writes[-1], ack_once_saved)  # the writes of a message are committed in order
+            by_ack.setdefault(ack_all, []).append(message)
+        for ack_all, messages in by_ack.items():
+            ack_all(messages)
 
     def _finish(self, message: dramatiq.Message, *, status: str, error: str | None = None,
                 progress: float | None = None, finished: bool = True, attempted: bool = True) -> None:  # fmt: skip

@@ -10,9 +10,11 @@ import dramatiq
 import pytest
 from sqlalchemy.engine import make_url
 
-from actors.redis_broker import RedisBroker
+from actors.redis_broker import RedisBroker, _Consumer
 from middleware.database import Database
+from middleware.group_commit import Write
 from middleware.job_status import COMPLETED, JobStatus, get_job
+from middleware.status_writer import FINISH, RUN, StatusWriter
 from tests import harness
 
 QUEUE = "acks"
@@ -27,9 +29,26 @@ def broker(redis_namespace: str, database: Database) -> Iterator[RedisBroker]:
 
 
 def test_the_worker_thread_goes_on_while_the_status_commit_waits_and_the_acks_follow_the_commit(
-    broker: RedisBroker, database: Database, redis_namespace: str
+    broker: RedisBroker, database: Database, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ran: list[int] = []
+    ack_round_trips: list[list[str]] = []
+    finished_per_commit: list[list[str]] = []  # the messages whose last status write each commit made
+    ack_all, apply = _Consumer._ack_all, StatusWriter.apply
+
+    def record_ack_all(consumer: _Consumer, messages: list) -> None:
+        ack_round_trips.append([message.message_id for message in messages])
+        ack_all(consumer, messages)
+
+    def record_apply(writer: StatusWriter, cursor: object, writes: list[Write]) -> None:
+        apply(writer, cursor, writes)
+        finished = [write.params[0] if write.kind == RUN else write.params[-1] for write in writes
+                    if write.kind in (RUN, FINISH)]  # fmt: skip
+        if finished:
+            finished_per_commit.append(finished)
+
+    monkeypatch.setattr(_Consumer, "_ack_all", record_ack_all)
+    monkeypatch.setattr(StatusWriter, "apply", record_apply)
 
     @dramatiq.actor(broker=broker, queue_name=QUEUE)
     def job(n: int) -> None:
@@ -49,6 +68,9 @@ def test_the_worker_thread_goes_on_while_the_status_commit_waits_and_the_acks_fo
         assert statuses == [("queued",), ("queued",)]
         holder.rollback()
         harness.wait_until(lambda: broker.client.scard(unacked) == 0, timeout_s=10, what="both acks sent")
+        assert ack_round_trips == finished_per_commit, "one round trip per commit, for the messages it finished"
+        acked = sorted(message_id for trip in ack_round_trips for message_id in trip)
+        assert acked == sorted([first.message_id, second.message_id])
         rows = [get_job(database, message.message_id) for message in (first, second)]
         assert [(row["status"], row["attempts"], row["unfinished_deliveries"]) for row in rows] == [
             (COMPLETED, 1, 0), (COMPLETED, 1, 0),

@@ -110,22 +110,29 @@ def test_after_a_flush_the_longest_waiting_caller_flushes_everything_pending() -
     assert flushers == [first.name, waiting[0].name], "the first caller to wait is the one handed the next flush"
 
 
-def test_a_submitted_write_is_committed_without_its_caller_and_what_follows_it_runs_after_the_commit() -> None:
+def test_a_submitted_write_is_committed_without_its_caller_and_what_follows_it_runs_once_per_commit() -> None:
     recorder = Recorder()
     group = GroupCommit(commit=recorder.commit)
-    submitted = Write("double", {"value": 3})
-    group.submit(submitted)  # returns at once: the first commit is held
+    group.submit(Write("double", {"value": 1}))  # returns at once; the flusher's commit is held
     recorder.first_started.wait(timeout=10)
-    followed: list[tuple[list[list[int]], str]] = []
-    group.then(submitted, lambda: followed.append(([*recorder.batches], threading.current_thread().name)))
-    assert followed == [] and not submitted.done
-    recorder.hold_first.set()
-    group.wait([submitted])
-    assert submitted.result == 6
+    followed: list[tuple[list[str], list[list[int]], str]] = []
+
+    def follow(items: list[str]) -> None:
+        followed.append((items, [*recorder.batches], threading.current_thread().name))
+
+    together = [Write("double", {"value": value}) for value in (2, 3)]
+    for write in together:
+        group.submit(write)
+        group.then(write, follow, f"after {write.params['value']}")
+    assert followed == [] and not any(write.done for write in together)
+    recorder.hold_first.set()  # nobody waits: the flusher thread commits 2 and 3 next
     wait_until(lambda: followed, timeout_s=10, what="the action after the commit")
-    assert followed == [([[3]], "GroupCommitFlusher")], "run once committed, by the thread that committed it"
-    group.then(submitted, lambda: followed.append(([], threading.current_thread().name)))
-    assert followed[-1] == ([], threading.current_thread().name), "after a settled write: at once, in this thread"
+    assert [write.result for write in together] == [4, 6]
+    assert followed == [(["after 2", "after 3"], [[1], [2, 3]], "GroupCommitFlusher")], (
+        "one call for the writes committed together, by the thread that committed them, after the commit"
+    )
+    group.then(together[0], follow, "late")
+    assert followed[-1] == (["late"], [[1], [2, 3]], threading.current_thread().name), "settled: at once, here"
 
 
 def test_a_pending_write_can_be_replaced_until_a_flush_takes_it() -> None:
