@@ -52,6 +52,9 @@ class RedisBroker(DramatiqRedisBroker):
 #: How long a closing consumer waits for its deferred acks (each waits for a status commit).
 CLOSE_TIMEOUT_S = 30.0
 
+#: Between tries of an ack Redis refused: Dramatiq's own delay for its worker threads' acks.
+ACK_RETRY_DELAY_S: float = POST_PROCESS_MESSAGE_RETRY_DELAY_SECS
+
 #: Dramatiq's ack (its dispatch script's "ack"), for many messages at once.
 _ACK_MANY = """
 for i = 1, #ARGV do
@@ -91,9 +94,9 @@ class _Consumer(_RedisConsumer):
                     self._ack_many(keys=[acks, bodies], args=redis_message_ids)
                     return
                 except redis.ConnectionError as error:
-                    logger.warning("Could not ack %d messages on %r (%s); trying again in %d s.", len(messages),
-                                   self.queue_name, error, POST_PROCESS_MESSAGE_RETRY_DELAY_SECS)  # fmt: skip
-                    time.sleep(POST_PROCESS_MESSAGE_RETRY_DELAY_SECS)  # Redis is down: nothing to wait on
+                    logger.warning("Could not ack %d messages on %r (%s); trying again in %s s.", len(messages),
+                                   self.queue_name, error, ACK_RETRY_DELAY_S)  # fmt: skip
+                    time.sleep(ACK_RETRY_DELAY_S)  # Redis is down: nothing to wait on
         finally:
             with self._acks_sent:
                 for message in messages:

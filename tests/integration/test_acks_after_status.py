@@ -10,12 +10,14 @@ import dramatiq
 import pytest
 from sqlalchemy.engine import make_url
 
+from actors import redis_broker
 from actors.redis_broker import RedisBroker, _Consumer
 from middleware.database import Database
 from middleware.group_commit import Write
 from middleware.job_status import COMPLETED, JobStatus, get_job
 from middleware.status_writer import FINISH, RUN, StatusWriter
 from tests import harness
+from tests.tcp_proxy import TcpProxy
 
 QUEUE = "acks"
 
@@ -112,3 +114,43 @@ def test_a_stopping_worker_sends_its_deferred_acks_before_its_consumer_closes(
     assert not stopping.is_alive()
     assert broker.client.scard(unacked) == 0 and broker.client.hlen(f"{redis_namespace}:{QUEUE}.msgs") == 0
     assert get_job(database, message.message_id)["status"] == COMPLETED
+
+
+def test_an_ack_that_redis_refuses_is_sent_once_redis_is_back(
+    database: Database, redis_namespace: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(redis_broker, "ACK_RETRY_DELAY_S", 0.2)
+    proxy = TcpProxy(("127.0.0.1", 6379))
+    url = harness.REDIS_TEST_URL.replace(":6379/", f":{proxy.port}/")
+    broker = RedisBroker(url=url, namespace=redis_namespace,
+                         middleware=[JobStatus(database=database, start_write_behind=True)])  # fmt: skip
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE)
+    def job() -> None:
+        ran.append(1)
+
+    message = job.send()
+    holder = sqlite3.connect(make_url(database.url).database)
+    holder.execute("BEGIN IMMEDIATE")
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    unacked = f"{redis_namespace}:__acks__.{broker.broker_id}.{QUEUE}"
+    client = harness.redis_client()
+    try:
+        harness.wait_until(lambda: ran == [1], timeout_s=10, what="the job run")
+        proxy.cut()
+        holder.rollback()  # the status is committed; its ack finds Redis unreachable
+        harness.wait_until(lambda: "Could not ack 1 messages" in caplog.text, timeout_s=10, what="a refused ack")
+        assert client.sismember(unacked, message.options["redis_message_id"])
+        proxy.restore()
+        harness.wait_until(lambda: client.scard(unacked) == 0, timeout_s=10, what="the ack sent again")
+        assert client.hlen(f"{redis_namespace}:{QUEUE}.msgs") == 0
+        assert get_job(database, message.message_id)["status"] == COMPLETED
+    finally:
+        holder.close()
+        proxy.restore()
+        worker.stop()
+        broker.close()
+        proxy.close()
+        client.close()
