@@ -30,6 +30,34 @@ def broker(redis_namespace: str, database: Database) -> Iterator[RedisBroker]:
     broker.close()
 
 
+def hold_status_commits(database: Database) -> sqlite3.Connection:
+    """A transaction holding SQLite's write lock: every status commit waits until it ends."""
+    holder = sqlite3.connect(make_url(database.url).database)
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def start_worker(broker: RedisBroker) -> dramatiq.Worker:
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    return worker
+
+
+def unacked_key(broker: RedisBroker, namespace: str) -> str:
+    return f"{namespace}:__acks__.{broker.broker_id}.{QUEUE}"
+
+
+def send_one_job(broker: RedisBroker) -> tuple[dramatiq.Message, list[int]]:
+    """A job sent, and the list its runs append to."""
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE)
+    def job() -> None:
+        ran.append(1)
+
+    return job.send(), ran
+
+
 def test_the_worker_thread_goes_on_while_the_status_commit_waits_and_the_acks_follow_the_commit(
     broker: RedisBroker, database: Database, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -57,11 +85,9 @@ def test_the_worker_thread_goes_on_while_the_status_commit_waits_and_the_acks_fo
         ran.append(n)
 
     first, second = job.send(1), job.send(2)
-    holder = sqlite3.connect(make_url(database.url).database)
-    holder.execute("BEGIN IMMEDIATE")  # every status commit now waits for this transaction
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
-    unacked = f"{redis_namespace}:__acks__.{broker.broker_id}.{QUEUE}"
+    holder = hold_status_commits(database)
+    worker = start_worker(broker)
+    unacked = unacked_key(broker, redis_namespace)
     try:
         harness.wait_until(lambda: sorted(ran) == [1, 2], timeout_s=10, what="both jobs run by the one worker thread")
         assert broker.client.scard(unacked) == 2, "neither message is acked before its status is saved"
@@ -86,18 +112,10 @@ def test_the_worker_thread_goes_on_while_the_status_commit_waits_and_the_acks_fo
 def test_a_stopping_worker_sends_its_deferred_acks_before_its_consumer_closes(
     broker: RedisBroker, database: Database, redis_namespace: str
 ) -> None:
-    ran: list[int] = []
-
-    @dramatiq.actor(broker=broker, queue_name=QUEUE)
-    def job() -> None:
-        ran.append(1)
-
-    message = job.send()
-    holder = sqlite3.connect(make_url(database.url).database)
-    holder.execute("BEGIN IMMEDIATE")
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
-    unacked = f"{redis_namespace}:__acks__.{broker.broker_id}.{QUEUE}"
+    message, ran = send_one_job(broker)
+    holder = hold_status_commits(database)
+    worker = start_worker(broker)
+    unacked = unacked_key(broker, redis_namespace)
     try:
         harness.wait_until(lambda: ran == [1], timeout_s=10, what="the job run")
         stopping = threading.Thread(target=worker.stop)
@@ -124,18 +142,10 @@ def test_an_ack_that_redis_refuses_is_sent_once_redis_is_back(
     url = harness.REDIS_TEST_URL.replace(":6379/", f":{proxy.port}/")
     broker = RedisBroker(url=url, namespace=redis_namespace,
                          middleware=[JobStatus(database=database, start_write_behind=True)])  # fmt: skip
-    ran: list[int] = []
-
-    @dramatiq.actor(broker=broker, queue_name=QUEUE)
-    def job() -> None:
-        ran.append(1)
-
-    message = job.send()
-    holder = sqlite3.connect(make_url(database.url).database)
-    holder.execute("BEGIN IMMEDIATE")
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
-    unacked = f"{redis_namespace}:__acks__.{broker.broker_id}.{QUEUE}"
+    message, ran = send_one_job(broker)
+    holder = hold_status_commits(database)
+    worker = start_worker(broker)
+    unacked = unacked_key(broker, redis_namespace)
     client = harness.redis_client()
     try:
         harness.wait_until(lambda: ran == [1], timeout_s=10, what="the job run")
