@@ -8,7 +8,7 @@ and result objects, against 15 us in the driver (profiled: ``bench/README.md``).
 1. Each process holds one DBAPI connection for status writes, taken from the engine (so its
    connect-time settings apply: SQLite's WAL and busy timeout) and detached from the pool.
    A group commit (``middleware.group_commit``) serializes the transactions on it.
-2. The three statements are plain SQL, the same on SQLite and PostgreSQL but for the
+2. The statements are plain SQL, the same on SQLite and PostgreSQL but for the
    placeholder; ``test_job_status`` reads what they write through the SQLAlchemy table.
 3. A transaction that fails rolls back; a connection that failed (the server went away) is
    closed and replaced on the next transaction. Driver errors are raised as SQLAlchemy's, as

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import text
 
 from middleware.database import Database
 from middleware.group_commit import GroupCommit, Write
 from middleware.job_status import get_job
-from middleware.status_writer import ENQUEUE, FINISH, START, StatusWriter, finish_values, row_values
+from middleware.status_writer import ENQUEUE, FINISH, RUN, START, StatusWriter, finish_values, row_values, run_values
 
 
 def test_a_status_write_after_the_server_dropped_the_connection_goes_through_on_a_new_one(postgres_url: str) -> None:
@@ -30,3 +31,43 @@ def test_a_status_write_after_the_server_dropped_the_connection_goes_through_on_
     assert row["enqueued_at"] == row["started_at"] == row["finished_at"] == now
     writer.close()
     database.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_start_and_its_finish_written_as_one_row_read_as_the_two_would(database_url: str) -> None:
+    database = Database(database_url)
+    writer = StatusWriter(database)
+    queued_at, started_at, finished_at = (datetime(2026, 11, 26, 9, minute, tzinfo=UTC) for minute in (0, 1, 2))
+    writer.commit([Write(ENQUEUE, row_values("queued-first", "job", "default", "queued", queued_at))])
+
+    def run(message_id: str, *, status: str, attempted: bool, error: str | None = None) -> Write:
+        start = row_values(message_id, "job", "default", "processing", started_at)
+        finish = finish_values(message_id, status=status, now=finished_at, error=error, attempted=attempted,
+                               finished_at=finished_at if status != "processing" else None,
+                               progress=1.0 if status == "completed" else None)  # fmt: skip
+        return Write(RUN, run_values(start, finish))
+
+    writer.commit([
+        run("queued-first", status="completed", attempted=True),
+        run("never-queued", status="failed", attempted=True, error="ValueError: no"),
+        run("waited", status="processing", attempted=False),  # stopped before its actor ran
+    ])  # fmt: skip
+
+    rows = {message_id: get_job(database, message_id) for message_id in ("queued-first", "never-queued", "waited")}
+    columns = ("status", "attempts", "unfinished_deliveries", "progress", "error", "enqueued_at", "started_at",
+               "finished_at", "updated_at")  # fmt: skip
+    read = {message_id: tuple(_aware(row[column]) for column in columns) for message_id, row in rows.items()}
+    assert read == {
+        "queued-first": ("completed", 1, 0, 1.0, None, queued_at, started_at, finished_at, finished_at),
+        "never-queued": ("failed", 1, 0, None, "ValueError: no", None, started_at, finished_at, finished_at),
+        "waited": ("processing", 0, 0, None, None, None, started_at, None, finished_at),
+    }
+    writer.close()
+    database.dispose()
+
+
+def _aware(value: object) -> object:
+    """SQLite's DateTime reads back naive (it stores UTC without an offset), PostgreSQL's aware."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
