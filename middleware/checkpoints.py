@@ -70,7 +70,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from middleware.database import Database, metadata
 from middleware.dead_letters import message_payload
 from middleware.job_logs import log_event
-from middleware.job_status import job_status
+from middleware.job_status import PROGRESS_UPSERT, progress_values
 from middleware.routing import longest_time_limit_ms
 
 logger = logging.getLogger("middleware.checkpoints.Checkpoints")
@@ -192,9 +192,7 @@ class Checkpoint:
             if saved.first() is None:  # not rowcount: on PostgreSQL, SQLAlchemy gives -1 for an upsert
                 raise self._superseded(connection, position)
             if progress is not None:
-                connection.execute(_progress_statement, {
-                    "of_message": self.message_id, "new_progress": progress, "now": now,
-                })  # fmt: skip
+                connection.execute(PROGRESS_UPSERT, progress_values(self.message, progress, now))
             yield connection
         self._position = position
         log_event("checkpoint.saved", self.message, position=position)
@@ -323,13 +321,6 @@ def _save_statement(dialect_name: str) -> Insert:
         },
         where=job_checkpoints.c.lease_token == statement.excluded.lease_token,
     ).returning(job_checkpoints.c.key)  # fmt: skip
-
-
-_progress_statement = (
-    update(job_status)
-    .where(job_status.c.message_id == bindparam("of_message"))
-    .values(progress=bindparam("new_progress"), updated_at=bindparam("now", type_=job_status.c.updated_at.type))
-)
 
 
 class Checkpoints(Middleware):

@@ -46,9 +46,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     func,
     select,
-    update,
+    text,
 )
 
 from middleware.database import Database, delete_in_batches, metadata
@@ -244,21 +245,35 @@ def _enqueue_write(message: dramatiq.Message, now: datetime) -> Write:
     return Write(ENQUEUE, values)
 
 
+#: A running job's progress. An upsert, not an update: the job's row may not exist yet, its start
+#: written behind and its ``queued`` row (written by the sender after the broker took the message)
+#: still on its way; the start and the enqueue that follow leave the progress alone.
+PROGRESS_UPSERT = text(
+    "INSERT INTO job_status (message_id, actor_name, queue_name, status, attempts, unfinished_deliveries, "
+    "progress, updated_at) VALUES (:of_message, :actor_name, :queue_name, 'processing', 0, 0, :new_progress, :now) "
+    "ON CONFLICT (message_id) DO UPDATE SET progress = excluded.progress, updated_at = excluded.updated_at"
+).bindparams(bindparam("now", type_=job_status.c.updated_at.type))
+
+
+def progress_values(message: dramatiq.Message, fraction: float, now: datetime) -> dict[str, Any]:
+    """The parameters of :data:`PROGRESS_UPSERT` (``fraction`` clamped to 0..1)."""
+    return {
+        "of_message": message.message_id, "actor_name": message.actor_name, "queue_name": q_name(message.queue_name),
+        "new_progress": max(0.0, min(1.0, fraction)), "now": now,
+    }  # fmt: skip
+
+
 def report_progress(database: Database, fraction: float, *, connection: Connection | None = None) -> None:
     """Record the running job's progress (0..1); on ``connection``, inside the caller's transaction."""
     message = CurrentMessage.get_current_message()
     if message is None:
         raise RuntimeError("report_progress() is for actors: no message is being processed in this thread.")
-    statement = (
-        update(job_status)
-        .where(job_status.c.message_id == message.message_id)
-        .values(progress=max(0.0, min(1.0, fraction)), updated_at=_now())
-    )
+    values = progress_values(message, fraction, _now())
     if connection is not None:
-        connection.execute(statement)
+        connection.execute(PROGRESS_UPSERT, values)
         return
     with database.transaction() as own_connection:
-        own_connection.execute(statement)
+        own_connection.execute(PROGRESS_UPSERT, values)
 
 
 def get_job(database: Database, message_id: str) -> dict[str, Any] | None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import dramatiq
 import pytest
 from sqlalchemy import text
 
 from middleware.database import Database
 from middleware.group_commit import GroupCommit, Write
-from middleware.job_status import get_job
+from middleware.job_status import PROGRESS_UPSERT, get_job, progress_values
 from middleware.status_writer import ENQUEUE, FINISH, RUN, START, StatusWriter, finish_values, row_values, run_values
 
 
@@ -71,3 +72,24 @@ def _aware(value: object) -> object:
     if isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_progress_saved_before_the_jobs_row_exists_is_kept_by_the_start_and_the_enqueue_that_follow(
+    database_url: str,
+) -> None:
+    # A checkpointed job saves its first checkpoint before its start (written behind) and its queued row
+    # (written by the sender once the broker took the message) are committed.
+    database = Database(database_url)
+    writer = StatusWriter(database)
+    message = dramatiq.Message(queue_name="default", actor_name="job", args=(), kwargs={}, options={})
+    now = datetime.now(UTC)
+    with database.transaction() as connection:
+        connection.execute(PROGRESS_UPSERT, progress_values(message, 0.25, now))
+    writer.commit([Write(START, row_values(message.message_id, "job", "default", "processing", now))])
+    writer.commit([Write(ENQUEUE, row_values(message.message_id, "job", "default", "queued", now))])
+
+    row = get_job(database, message.message_id)
+    assert (row["status"], row["attempts"], row["unfinished_deliveries"], row["progress"]) == ("processing", 1, 1, 0.25)
+    writer.close()
+    database.dispose()
