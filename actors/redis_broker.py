@@ -32,6 +32,7 @@ from dramatiq.worker import POST_PROCESS_MESSAGE_RETRY_DELAY_SECS
 
 from middleware.idempotency import settle_refused_sends
 from middleware.job_status import JobStatus
+from middleware.redis_keys import bodies_key, unacked_key
 
 logger = logging.getLogger("actors.redis_broker.RedisBroker")
 
@@ -85,8 +86,8 @@ class _Consumer(_RedisConsumer):
 
     def _ack_all(self, messages: list[dramatiq.broker.MessageProxy]) -> None:
         """Ack the messages whose status one commit saved, in one round trip."""
-        acks = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
-        bodies = f"{self.broker.namespace}:{self.queue_name}.msgs"
+        acks = unacked_key(self.broker, self.broker.broker_id, self.queue_name)
+        bodies = bodies_key(self.broker, self.queue_name)
         redis_message_ids = [message.options["redis_message_id"] for message in messages]
         try:
             while True:
@@ -120,9 +121,9 @@ class _Consumer(_RedisConsumer):
 
     def _dead_letter(self, data: bytes) -> None:
         broker = self.broker
-        acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{self.queue_name}"
+        acks = unacked_key(broker, broker.broker_id, self.queue_name)
         unacked = list(broker.client.smembers(acks))
-        bodies = broker.client.hmget(f"{broker.namespace}:{self.queue_name}.msgs", unacked) if unacked else []
+        bodies = broker.client.hmget(bodies_key(broker, self.queue_name), unacked) if unacked else []
         for redis_message_id, body in zip(unacked, bodies, strict=True):
             if body == data:
                 broker.do_nack(self.queue_name, redis_message_id.decode())

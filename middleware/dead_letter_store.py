@@ -23,6 +23,7 @@ from sqlalchemy import case, delete, func, select, update
 from middleware.database import Database, delete_in_batches
 from middleware.dead_letters import FATAL, KINDS, RETRYABLE, dead_letters, insert_dead_letter, message_payload
 from middleware.queue_stats import redis_queue_names
+from middleware.redis_keys import bodies_key
 
 logger = logging.getLogger("middleware.dead_letter_store")
 
@@ -226,7 +227,7 @@ def broker_dead_letters(broker: dramatiq.Broker, queue_name: str) -> Iterator[tu
     if isinstance(broker, RedisBroker):
         # A page at a time (a failure storm can leave a week of dead letters there): a message dead-lettered
         # meanwhile may be missed, and is found by the next reconcile.
-        for redis_message_id, body in broker.client.hscan_iter(f"{broker.namespace}:{xq_name(queue_name)}.msgs",
+        for redis_message_id, body in broker.client.hscan_iter(bodies_key(broker, xq_name(queue_name)),
                                                                count=RECONCILE_PAGE):  # fmt: skip
             yield redis_message_id.decode(), body
     elif isinstance(broker, RabbitmqBroker):

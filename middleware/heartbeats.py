@@ -43,6 +43,7 @@ from dramatiq.middleware import Middleware
 from middleware.metrics import count_recovery_requeues
 from middleware.poison_messages import HANDED_BACK
 from middleware.processes import process_alive
+from middleware.redis_keys import bodies_key, unacked_key
 
 logger = logging.getLogger("middleware.heartbeats.WorkerHeartbeats")
 
@@ -207,7 +208,7 @@ class HeartbeatKeeper:
         dead = client.zrangebyscore(heartbeats_key(broker), 0, now_ms - broker.heartbeat_timeout)
         queues: dict[str, int] = {}  # queue -> messages the dead workers hold (counted for the metrics)
         for worker_id in dead:
-            prefix = f"{broker.namespace}:__acks__.{worker_id.decode()}."
+            prefix = unacked_key(broker, worker_id.decode(), "")
             held = [key.decode()[len(prefix) :] for key in client.scan_iter(match=f"{prefix}*", count=1000)]
             if not held:
                 client.zrem(heartbeats_key(broker), worker_id)  # dead and holding nothing: forget it
@@ -233,9 +234,9 @@ class HeartbeatKeeper:
         redis_message_ids = list(client.smembers(acks_key))
         if not redis_message_ids:
             return 0
-        bodies_key = f"{self.broker.namespace}:{queue_name}.msgs"
+        bodies = bodies_key(self.broker, queue_name)
         replacements: list[bytes] = []
-        for redis_message_id, body in zip(redis_message_ids, client.hmget(bodies_key, redis_message_ids), strict=True):
+        for redis_message_id, body in zip(redis_message_ids, client.hmget(bodies, redis_message_ids), strict=True):
             if body is None:
                 continue  # acked meanwhile: the worker was alive after all
             try:
@@ -245,7 +246,7 @@ class HeartbeatKeeper:
             options = {**message.options, HANDED_BACK: message.options.get(HANDED_BACK, 0) + 1}
             replacements += [redis_message_id, message.copy(options=options).encode()]
         if replacements:
-            self._replace_held_bodies(keys=[bodies_key], args=replacements)
+            self._replace_held_bodies(keys=[bodies], args=replacements)
         return len(redis_message_ids)
 
 

@@ -38,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from middleware.database import Database, as_utc, delete_in_batches, metadata
 from middleware.job_status import COMPLETED, FAILED, job_status
+from middleware.redis_keys import bodies_key
 
 logger = logging.getLogger("middleware.idempotency.Idempotency")
 
@@ -172,7 +173,7 @@ class Idempotency(Middleware):
             return False
         if now - as_utc(holder.created_at) < self.unsent_after:
             return False
-        messages = f"{broker.namespace}:{holder.redis_queue}.msgs"
+        messages = bodies_key(broker, holder.redis_queue)
         if broker.client.hexists(messages, holder.redis_message_id):
             return False
         # Read again after Redis: a message acked since the first read wrote its status before it ran.

@@ -39,6 +39,7 @@ from sqlalchemy import exists, func, select
 from middleware.database import Database, as_utc
 from middleware.dead_letters import dead_letters
 from middleware.job_status import QUEUED, job_status
+from middleware.redis_keys import bodies_key
 from middleware.worker_health import DEFAULT_STALE_AFTER_MS, is_live, list_worker_heartbeats
 
 
@@ -125,8 +126,8 @@ return {redis.call("llen", KEYS[1]), redis.call("hlen", KEYS[2]), redis.call("hl
 
 def _redis_queue(broker: Any, name: str, now: datetime) -> QueueStats:
     prefix = f"{broker.namespace}:"
-    reply = broker.client.eval(_REDIS_SNAPSHOT, 4, f"{prefix}{name}", f"{prefix}{name}.msgs",
-                               f"{prefix}{dq_name(name)}.msgs", f"{prefix}{xq_name(name)}")  # fmt: skip
+    reply = broker.client.eval(_REDIS_SNAPSHOT, 4, f"{prefix}{name}", bodies_key(broker, name),
+                               bodies_key(broker, dq_name(name)), f"{prefix}{xq_name(name)}")  # fmt: skip
     waiting, stored, delayed, dead = (int(value) for value in reply[:4])
     head = reply[4] if len(reply) > 4 else None
     return QueueStats(

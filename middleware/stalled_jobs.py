@@ -41,6 +41,7 @@ from middleware.database import Database
 from middleware.job_logs import emit_event
 from middleware.job_status import FAILED, PROCESSING, job_status
 from middleware.poison_messages import HANDED_BACK
+from middleware.redis_keys import bodies_key
 
 logger = logging.getLogger("middleware.stalled_jobs")
 
@@ -152,7 +153,7 @@ def _held_message_ids(broker: RedisBroker, queue_name: str, message_ids: list[st
     for name in (dq_name(queue_name), q_name(queue_name), xq_name(queue_name)):
         cursor = b"0"
         while wanted:
-            cursor, *found = script(keys=[f"{broker.namespace}:{name}.msgs"], args=[cursor, bodies, *wanted])
+            cursor, *found = script(keys=[bodies_key(broker, name)], args=[cursor, bodies, *wanted])
             found_ids = {message_id.decode() for message_id in found}
             held |= found_ids
             wanted -= found_ids
