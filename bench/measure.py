@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 POLL_INTERVAL_S = 0.002
+#: Polls that must fall between 90 % and 10 % left for the rate to mean anything.
+MIN_SAMPLES_INSIDE = 3
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,10 @@ class Drain:
     seconds: float  # from the first finished job to the last
 
 
-def measure_drain(outstanding: Callable[[], int], jobs: int, *, timeout_s: float) -> Drain:
+def measure_drain(
+    outstanding: Callable[[], int], jobs: int, *, timeout_s: float, check: Callable[[], None] = lambda: None
+) -> Drain:
+    """Poll from before the workers take their first job (``check`` raises if they died) until none is left."""
     samples: list[tuple[float, int]] = []
     deadline = time.monotonic() + timeout_s
     while True:
@@ -29,12 +34,16 @@ def measure_drain(outstanding: Callable[[], int], jobs: int, *, timeout_s: float
         samples.append((now, left))
         if left == 0:
             break
+        check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{left} of {jobs} jobs were still there after {timeout_s} s")
         time.sleep(POLL_INTERVAL_S)
     high, low = _crossing(samples, jobs * 0.9), _crossing(samples, jobs * 0.1)
     first = _crossing(samples, jobs - 0.5)
-    rate = (jobs * 0.8) / (low - high) if low > high else float("inf")
+    inside = sum(1 for _, left in samples if jobs * 0.1 < left < jobs * 0.9)
+    if samples[0][1] < jobs * 0.9 or inside < MIN_SAMPLES_INSIDE:
+        raise ValueError(f"{jobs} jobs drained too fast to time from outside: use more jobs")
+    rate = (jobs * 0.8) / (low - high)
     return Drain(jobs=jobs, rate=rate, seconds=samples[-1][0] - first)
 
 

@@ -53,14 +53,17 @@ class Workers:
     def wait_ready(self, *, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
-            exited = [process for process in self.processes if process.poll() is not None]
-            if exited:
-                raise RuntimeError(f"a worker command exited with {exited[0].returncode}:\n{self.log_tail()}")
+            self.raise_if_exited()
             if self.ready_marker is None or self._ready_lines() >= self.ready_count:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"workers did not boot within {timeout_s} s:\n{self.log_tail()}")
             time.sleep(0.05)
+
+    def raise_if_exited(self) -> None:
+        exited = [process for process in self.processes if process.poll() is not None]
+        if exited:
+            raise RuntimeError(f"a worker command exited with {exited[0].returncode}:\n{self.log_tail()}")
 
     def _ready_lines(self) -> int:
         return sum(log.read_bytes().count(self.ready_marker) for log in self.logs if log.exists())
