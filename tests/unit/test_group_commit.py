@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections.abc import Sequence
 
@@ -148,3 +149,27 @@ def test_a_pending_write_can_be_replaced_until_a_flush_takes_it() -> None:
     recorder.hold_first.set()
     group.wait([taken, replacement])
     assert recorder.batches == [[1], [20]] and replacement.result == 40
+
+
+def test_a_forked_child_commits_its_own_writes_although_the_parent_was_mid_flush() -> None:
+    """dramatiq forks its worker processes: a lock or a flush of the parent's must not hang the child."""
+    recorder = Recorder()
+    group = GroupCommit(commit=recorder.commit)
+    outcomes, [first] = run_in_threads(group, [1])
+    recorder.first_started.wait(timeout=10)  # the parent's flush holds the group, mid-transaction
+    group.submit(Write("double", {"value": 2}))
+
+    def child() -> None:
+        child_recorder = Recorder()
+        child_recorder.hold_first.set()
+        group.commit = child_recorder.commit
+        assert group.run(Write("double", {"value": 21})) == 42
+        assert child_recorder.batches == [[21]], "the parent's pending write is the parent's to commit"
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(timeout=30)
+    recorder.hold_first.set()
+    first.join(timeout=10)
+    assert process.exitcode == 0, "the child's write was committed (a held lock would have hung it)"
+    assert outcomes == {1: 2}
