@@ -7,12 +7,22 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
+from hypothesis import given
+from hypothesis import strategies as st
 
-from middleware.job_logs import EVENTS_LOGGER, JsonEventFormatter, StandardErrorHandler, configure_job_logs, log_event
+from middleware.job_logs import (
+    EVENTS_LOGGER,
+    JsonEventFormatter,
+    StandardErrorHandler,
+    configure_job_logs,
+    log_event,
+    render_event,
+)
 
 
 @pytest.fixture
@@ -74,3 +84,27 @@ def test_another_handler_on_the_events_logger_sees_every_event_too(standard_erro
     log_event("checkpoint.saved", message, position=4)
     from_stderr, from_extra = json.loads(capfd.readouterr().err), json.loads(stream.getvalue())
     assert from_stderr == from_extra and from_extra["position"] == 4
+
+
+_values = st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False) | st.lists(st.integers())
+
+
+@given(
+    event=st.dictionaries(st.text(min_size=1), _values, max_size=6),
+    created=st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False),
+)
+def test_an_event_line_is_exactly_what_the_json_encoder_and_datetime_would_write(event, created: float) -> None:
+    """The line is built by hand for speed; its text must stay the encoder's, timestamp included."""
+    event = {key: value for key, value in event.items() if key != "timestamp"}
+    expected = json.dumps(
+        {**event, "timestamp": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")},
+        default=str,
+        separators=(",", ":"),
+    )
+    assert render_event(event, created) == expected
+
+
+@pytest.mark.parametrize("created", [1_700_000_000.9995, 1_700_000_000.9999996, 1_700_000_001.0004999, 0.0])
+def test_a_timestamp_rounds_to_the_microsecond_then_cuts_to_the_millisecond_as_datetime_does(created: float) -> None:
+    line = json.loads(render_event({"event": "x"}, created))
+    assert line["timestamp"] == datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
