@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import dramatiq
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker as DramatiqRabbitmqBroker
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -29,6 +29,7 @@ from middleware.database_outages import DatabaseOutages
 from middleware.dead_letters import DeadLetters
 from middleware.error_reporting import ErrorReporting
 from middleware.heartbeats import WorkerHeartbeats
+from middleware.hook_dispatch import DispatchesToImplementedHooks
 from middleware.idempotency import Idempotency
 from middleware.job_logs import JobLogs
 from middleware.job_status import JobStatus
@@ -115,6 +116,10 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
             large_time_limit_ms=settings.large_time_limit_ms,
         ),
     ]
+
+
+class RabbitmqBroker(DispatchesToImplementedHooks, DramatiqRabbitmqBroker):
+    """Dramatiq's RabbitMQ broker, calling each hook only on the middleware that implement it."""
 
 
 def _version() -> str:

@@ -30,6 +30,7 @@ from dramatiq.brokers.redis import _RedisConsumer
 from dramatiq.errors import DecodeError
 from dramatiq.worker import POST_PROCESS_MESSAGE_RETRY_DELAY_SECS
 
+from middleware.hook_dispatch import DispatchesToImplementedHooks
 from middleware.idempotency import settle_refused_sends
 from middleware.job_status import JobStatus
 from middleware.redis_keys import bodies_key, unacked_key
@@ -37,7 +38,7 @@ from middleware.redis_keys import bodies_key, unacked_key
 logger = logging.getLogger("actors.redis_broker.RedisBroker")
 
 
-class RedisBroker(DramatiqRedisBroker):
+class RedisBroker(DispatchesToImplementedHooks, DramatiqRedisBroker):
     @property
     def consumer_class(self):
         return _Consumer
