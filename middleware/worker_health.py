@@ -63,7 +63,7 @@ worker_heartbeats = Table(
     Column("processed", Integer, nullable=False),
     Column("failed", Integer, nullable=False),
     Column("in_progress", Integer, nullable=False),
-    #: The same over the last ``failure_window_ms``.
+    #: The same over the last ``failure_window_ms`` (counted by the second).
     Column("failure_window_ms", Integer, nullable=False),
     Column("window_processed", Integer, nullable=False),
     Column("window_failed", Integer, nullable=False),
@@ -114,10 +114,12 @@ class _Counters:
         self.failure_window_s = failure_window_ms / 1000
         self._lock = threading.Lock()
         self._running: dict[int, _RunningJob] = {}  # by worker thread: one job per thread at a time
-        self._outcomes: deque[tuple[float, bool]] = deque()  # (monotonic time, failed) inside the window
+        # Outcomes inside the window, counted by second: [monotonic second, processed, failed]. One
+        # entry per job cost 84 bytes a job: 150 MiB a process at 3,000 jobs/s over a 10-minute window.
+        self._outcomes: deque[list[int]] = deque()
         self._processed = self._failed = self._failed_since_success = 0
-        self._last_job_finished_at: datetime | None = None
-        self._last_success_at: datetime | None = None
+        self._last_job_finished_at: float | None = None  # time.time(): a datetime per job cost more
+        self._last_success_at: float | None = None
 
     def started(self, job: _RunningJob) -> None:
         with self._lock:
@@ -125,15 +127,20 @@ class _Counters:
 
     def finished(self, *, failed: bool | None) -> None:
         """``failed`` is None for a job handed back after an interruption: it will run again."""
-        now = _now()
+        now = time.time()
+        second = int(time.monotonic())
         with self._lock:
             self._running.pop(threading.get_ident(), None)
             if failed is None:
                 return
             self._processed += 1
             self._last_job_finished_at = now
-            self._outcomes.append((time.monotonic(), failed))
+            outcomes = self._outcomes
+            if not outcomes or outcomes[-1][0] != second:
+                outcomes.append([second, 0, 0])
+            outcomes[-1][1] += 1
             if failed:
+                outcomes[-1][2] += 1
                 self._failed += 1
                 self._failed_since_success += 1
             else:
@@ -143,15 +150,21 @@ class _Counters:
     def snapshot(self) -> _Snapshot:
         with self._lock:
             horizon = time.monotonic() - self.failure_window_s
-            while self._outcomes and self._outcomes[0][0] < horizon:
+            while self._outcomes and self._outcomes[0][0] + 1 <= horizon:  # a second wholly before the window
                 self._outcomes.popleft()
             return _Snapshot(
-                processed=self._processed, failed=self._failed, window_processed=len(self._outcomes),
-                window_failed=sum(failed for _, failed in self._outcomes),
+                processed=self._processed, failed=self._failed,
+                window_processed=sum(processed for _, processed, _ in self._outcomes),
+                window_failed=sum(failed for _, _, failed in self._outcomes),
                 failed_since_success=self._failed_since_success,
                 running=sorted(self._running.values(), key=lambda job: job.started_at),
-                last_job_finished_at=self._last_job_finished_at, last_success_at=self._last_success_at,
+                last_job_finished_at=_datetime(self._last_job_finished_at),
+                last_success_at=_datetime(self._last_success_at),
             )  # fmt: skip
+
+
+def _datetime(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
 
 
 class WorkerHealth(Middleware):

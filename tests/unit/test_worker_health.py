@@ -17,6 +17,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Shutdown
 from sqlalchemy import insert
 
+from middleware import worker_health
 from middleware.database import Database
 from middleware.error_classification import FatalError
 from middleware.job_status import JobStatus, report_progress
@@ -188,3 +189,43 @@ def test_a_probe_port_already_taken_stops_the_worker_at_boot_with_the_reason(
         "use; free the port, or set WORKER_HEALTH_PORT to a free one (0 turns the probe off).\n"
     )
     broker.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1_800_000_000.0 + self.now
+
+
+def test_the_failure_window_counts_by_the_second_and_keeps_one_entry_a_second_however_many_jobs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(worker_health, "time", clock)
+    counters = worker_health._Counters(failure_window_ms=10_000)
+    for _ in range(5_000):
+        counters.finished(failed=False)
+    counters.finished(failed=True)
+    clock.now += 5.5
+    counters.finished(failed=None)  # handed back: not an outcome
+    for _ in range(3):
+        counters.finished(failed=True)
+    assert len(counters._outcomes) == 2, "one entry a second, not one a job (84 bytes each)"
+    snapshot = counters.snapshot()
+    assert (snapshot.window_processed, snapshot.window_failed, snapshot.processed) == (5_004, 4, 5_004)
+    assert snapshot.failed_since_success == 4
+    assert snapshot.last_job_finished_at.timestamp() == clock.time()
+    assert snapshot.last_success_at.timestamp() == clock.time() - 5.5
+
+    clock.now += 5  # at 1010.5 the window starts at 1000.5: the first second, 1000.0-1001.0, still counts
+    assert counters.snapshot().window_processed == 5_004
+    clock.now += 0.5  # from 1001.0 on: wholly before the window
+    snapshot = counters.snapshot()
+    assert (snapshot.window_processed, snapshot.window_failed, snapshot.processed) == (3, 3, 5_004)
+    clock.now += 10
+    assert counters.snapshot().window_processed == 0
