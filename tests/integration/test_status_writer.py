@@ -93,3 +93,20 @@ def test_progress_saved_before_the_jobs_row_exists_is_kept_by_the_start_and_the_
     assert (row["status"], row["attempts"], row["unfinished_deliveries"], row["progress"]) == ("processing", 1, 1, 0.25)
     writer.close()
     database.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_batch_of_more_starts_than_one_statement_may_carry_is_written_in_several(database_url: str) -> None:
+    """11,000 starts are 66,000 parameters: past PostgreSQL's 65,535 for one statement (SQLite's default build
+    takes 32,766; this machine's takes more)."""
+    database = Database(database_url)
+    writer = StatusWriter(database)
+    now = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+    started = [Write(START, row_values(f"started-{n}", "job", "default", "processing", now)) for n in range(11_000)]
+    writer.commit(started)
+
+    assert [write.result for write in started] == [1] * 11_000, "each start learns its own unfinished deliveries"
+    with database.engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM job_status WHERE status = 'processing'")) == 11_000
+    writer.close()
+    database.dispose()
