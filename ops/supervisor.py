@@ -132,7 +132,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         choices=sorted(PROFILES),
         default="long",
         help="defaults for the kind of job (ops/worker_profiles.py): long (transcription: 2 workers "
-        "x 1 thread, prefetch 1) or short (webhooks: a worker per core x 8 threads, prefetch 64)",
+        "x 1 thread, prefetch 1) or short (webhooks: a worker per core x 8 threads, prefetch 256)",
     )
     workers.add_argument("--workers", type=int, help="worker processes (default: the profile's)")
     workers.add_argument("--threads", type=int, help="threads per worker (default: the profile's)")
