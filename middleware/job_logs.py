@@ -110,6 +110,8 @@ def render_event(event: Mapping[str, Any], created: float) -> str:
     builds a C encoder object per call, and with the timestamp's ``datetime`` that was 3.4 us a
     line (now 1.8), a tenth of a no-op job's worker CPU in a drain (two lines per job, 16 threads).
     """
+    if "timestamp" in event:  # an event's own timestamp field takes the stamp, in its place, as the encoder had it
+        return _encode_json({**event, "timestamp": _timestamp(created)})
     parts = []
     for key, value in event.items():  # inlined: a function call per key and value was a third of the cost
         encoded_key = _encoded_keys.get(key) or _encode_key(key)
