@@ -1,28 +1,31 @@
 """Group commit: writes from many threads share transactions, and each caller still waits for its own.
 
-Every worker thread writes its job's status at start and at finish, and must see it committed
-before it goes on (the delivery count decides poison messages; the ack must not outrun the
+Every worker thread writes its job's status at start and at finish, and some must see it committed
+before they go on (the delivery count decides poison messages; the ack must not outrun the
 status). One transaction per write makes the threads queue for SQLite's single write lock (or
 PostgreSQL's commit flush) one by one. Here:
 
-1. A thread hands its write to :meth:`GroupCommit.run` and blocks until it is committed.
-2. If no flush is under way, that thread flushes at once: everything pending, its own write
-   included, in one transaction (``apply`` turns a batch into a few multi-row statements).
-3. Writes arriving meanwhile wait for that flush to end; one of their threads then flushes them
-   all together. Under load, batches grow to the number of busy threads; alone, a write costs
-   what it did before.
-3a. A flush wakes only the threads whose writes it committed, and at most one more, which
-   flushes next: with a condition's ``notify_all`` every waiter woke after every flush and most
-   went back to sleep, each time taking the GIL (a no-op drain made four times bare Dramatiq's
-   futex calls per job).
-4. If a batch fails, each of its writes is tried again in a transaction of its own, so one bad
+1. A thread hands its write to :meth:`GroupCommit.run` and blocks until it is committed, or
+   leaves it pending and goes on (:meth:`GroupCommit.submit`), to wait later if at all
+   (:meth:`GroupCommit.wait`) or to leave an action to follow the commit (:meth:`GroupCommit.then`).
+2. One thread of this process, the flusher, commits everything pending in one transaction
+   (``commit`` turns a batch into a few multi-row statements), then wakes the callers it settled
+   and takes the next batch. Under load, batches grow to the number of busy threads.
+3. Only the flusher ever runs a transaction, never a worker thread. Dramatiq interrupts worker
+   threads with asynchronous exceptions (``TimeLimitExceeded``, ``Shutdown``) that land at any
+   line: a worker thread that flushed for the others could be stopped after it was chosen to flush
+   and before it did, and every write of the process would wait forever (it happened: issue 18).
+   An interrupted caller now only stops waiting; its write is committed all the same, and no
+   transaction is ever half done by an interrupt.
+4. The flusher sleeps until a caller wakes it, and at most :data:`LOST_WAKE_CHECK_S`: a caller
+   interrupted between asking for a flush and waking the flusher delays the writes by that much,
+   never for good.
+5. A flush wakes only the callers whose writes it settled: with a condition's ``notify_all``
+   every waiter woke after every flush and most went back to sleep, each time taking the GIL.
+6. If a batch fails, each of its writes is tried again in a transaction of its own, so one bad
    write fails only its own caller, with its own error.
-5. A caller that need not wait (:meth:`GroupCommit.submit`) leaves its write pending and goes
-   on; it waits later, if at all (:meth:`GroupCommit.wait`), or leaves an action to follow the
-   commit (:meth:`GroupCommit.then`). Such writes are flushed by the flush under way, or else by
-   this process's flusher thread, which takes a flush no caller is waiting to take. Until it is
-   taken, a pending write can still be replaced (:meth:`GroupCommit.replace`): two writes become
-   one row.
+7. Until the flusher takes it, a pending write can still be replaced (:meth:`GroupCommit.replace`):
+   two writes become one row.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from typing import Any
 
 logger = logging.getLogger("middleware.group_commit.GroupCommit")
 
+#: The longest the flusher sleeps without being woken, so that a lost wake costs at most this.
+LOST_WAKE_CHECK_S = 0.5
+
 
 @dataclass(eq=False)
 class Write:
@@ -47,8 +53,8 @@ class Write:
     result: Any = None
     error: BaseException | None = None
     done: bool = field(default=False, repr=False)
-    #: ``(action, item)`` pairs: once the write is settled (committed or failed), the thread that
-    #: settled it calls each action once with the items of all the writes it settled.
+    #: ``(action, item)`` pairs: once the write is settled (committed or failed), the flusher
+    #: calls each action once with the items of all the writes it settled.
     then: list[tuple[Callable[[list[Any]], None], Any]] = field(default_factory=list, repr=False)
 
 
@@ -57,14 +63,14 @@ CommitBatch = Callable[[Sequence[Write]], None]
 
 
 class _Caller:
-    """A thread waiting in :meth:`GroupCommit.run_all`: its writes, and the lock it sleeps on."""
+    """A thread waiting for its writes: the writes, and the lock it sleeps on."""
 
     __slots__ = ("wake", "writes")
 
     def __init__(self, writes: Sequence[Write]) -> None:
         self.writes = writes
         self.wake = threading.Lock()
-        self.wake.acquire()  # released once: its writes are done, or it is to flush next
+        self.wake.acquire()  # released once, when its writes are settled
 
     @property
     def done(self) -> bool:
@@ -86,7 +92,7 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._pending: list[Write] = []
         self._waiting: list[_Caller] = []
-        self._flushing = False
+        self._flush_asked = False  # the flusher has been woken for what is pending
         self._flusher_thread: _Flusher | None = None
 
     def run(self, write: Write) -> Any:
@@ -99,25 +105,16 @@ class GroupCommit:
         caller = _Caller(writes)
         with self._lock:
             self._pending.extend(writes)
-            flushes = not self._flushing
-            if flushes:
-                self._flushing = True  # no flush under way: this thread flushes, its own writes included
-            else:
-                self._waiting.append(caller)
-        if not flushes:
-            caller.wake.acquire()
-        if not caller.done:  # woken to flush next (its writes are among the pending ones)
-            self._flush(own=set(writes))
+            self._waiting.append(caller)
+        self._ask_for_flush()
+        caller.wake.acquire()
         _raise_first_error(writes)
 
     def submit(self, write: Write) -> None:
         """Leave ``write`` to be committed without waiting for it (see :meth:`wait`)."""
         with self._lock:
             self._pending.append(write)
-            if self._flushing:
-                return  # the flush under way hands the pending writes on
-            self._flushing = True
-        self._flusher().wake.release()
+        self._ask_for_flush()
 
     def replace(self, write: Write, replacement: Write) -> bool:
         """Put ``replacement`` in the place of ``write`` if no flush has taken ``write`` yet."""
@@ -147,18 +144,29 @@ class GroupCommit:
                 self._waiting.append(caller)
         if waits:
             caller.wake.acquire()
-            if not caller.done:  # woken to flush next
-                self._flush(own=set())
         _raise_first_error(writes)
 
-    def _flush(self, *, own: set[Write]) -> None:
-        """Commit everything pending, then wake the callers it settled and hand on the next flush."""
-        batch: list[Write] = []
+    def _ask_for_flush(self) -> None:
+        with self._lock:
+            if not self._flush_asked:  # else the flusher is awake, or woken already: it takes what is pending next
+                self._flush_asked = True
+                self._flusher().wake.release()  # under the lock, so the flusher's wake is released once per ask
+
+    def _flush(self) -> bool:
+        """Commit everything pending, wake the callers it settled, run the actions that follow the
+        commit; False if nothing was pending. Runs only on the flusher thread."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                # Asleep from here, and the wake is taken (a timed-out sleep may have missed one):
+                # the next write asks again and releases it exactly once.
+                self._flush_asked = False
+                if self._flusher_thread is not None:
+                    self._flusher_thread.wake.acquire(blocking=False)
+                return False
         settled: list[Write] = []
         actions: dict[Callable[[list[Any]], None], list[Any]] = {}
         try:
-            with self._lock:
-                batch, self._pending = self._pending, []
             try:
                 self.commit(batch)
                 settled = batch
@@ -166,7 +174,7 @@ class GroupCommit:
                 if len(batch) == 1:
                     batch[0].error = error
                     settled = batch
-                    return
+                    return True
                 logger.info("A batch of %d writes failed (%s: %s); trying each in a transaction of its own.",
                             len(batch), type(error).__name__, error)  # fmt: skip
                 for write in batch:
@@ -181,27 +189,22 @@ class GroupCommit:
                     write.done = True
                     for action, item in write.then:
                         actions.setdefault(action, []).append(item)
-                # An interruption (Shutdown, TimeLimitExceeded) raised in this thread is this thread's
-                # alone: the other writes it had not committed go back to pending, for the next flush.
-                self._pending[:0] = [write for write in batch if not write.done and write not in own]
+                # Only a bug could stop the commit short of settling its batch: what it left goes
+                # back, to be tried again, rather than leaving its callers waiting for ever.
+                self._pending[:0] = [write for write in batch if not write.done]
                 still_waiting = []
                 for caller in self._waiting:
                     if caller.done:
                         caller.wake.release()
                     else:
                         still_waiting.append(caller)
-                if self._pending and still_waiting:
-                    still_waiting.pop(0).wake.release()  # the longest waiting flushes next; _flushing stays True
-                elif self._pending:
-                    self._flusher().wake.release()  # submitted writes nobody waits for yet
-                else:
-                    self._flushing = False
                 self._waiting = still_waiting
-            for action, items in actions.items():  # after the next flush is handed on: an action may take its time
-                try:
-                    action(items)
-                except Exception:
-                    logger.exception("An action after a group commit failed.")
+        for action, items in actions.items():
+            try:
+                action(items)
+            except Exception:
+                logger.exception("An action after a group commit failed.")
+        return True
 
     def _flusher(self) -> _Flusher:
         """This process's flusher thread, started on first use (a thread of the parent does not survive a fork)."""
@@ -228,19 +231,21 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class _Flusher(threading.Thread):
-    """Takes the flushes of submitted writes that no caller waits to take."""
+    """Commits the writes of every caller of one group. Dramatiq raises its interrupts only into
+    the worker threads it runs messages on, never into this one."""
 
     def __init__(self, group: GroupCommit) -> None:
         super().__init__(name="GroupCommitFlusher", daemon=True)
         self.group = group
         self.wake = threading.Lock()
-        self.wake.acquire()  # released each time a flush is handed to this thread
+        self.wake.acquire()  # released each time a caller asks for a flush
 
     def run(self) -> None:
         while True:
-            self.wake.acquire()
+            self.wake.acquire(timeout=LOST_WAKE_CHECK_S)
             try:
-                self.group._flush(own=set())
+                while self.group._flush():
+                    pass
             except Exception:  # each write's own error is on the write; this would be a bug of the flush itself
                 logger.exception("A group commit flush failed.")
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import dramatiq
 import pytest
+from dramatiq.middleware import TimeLimitExceeded
+from dramatiq.threading import raise_thread_exception
 from sqlalchemy import text
 
 from middleware.database import Database
 from middleware.group_commit import GroupCommit, Write
 from middleware.job_status import PROGRESS_UPSERT, get_job, progress_values
 from middleware.status_writer import ENQUEUE, FINISH, RUN, START, StatusWriter, finish_values, row_values, run_values
+from tests.harness import wait_until
 
 
 def test_a_status_write_after_the_server_dropped_the_connection_goes_through_on_a_new_one(postgres_url: str) -> None:
@@ -108,5 +113,55 @@ def test_a_batch_of_more_starts_than_one_statement_may_carry_is_written_in_sever
     assert [write.result for write in started] == [1] * 11_000, "each start learns its own unfinished deliveries"
     with database.engine.connect() as connection:
         assert connection.scalar(text("SELECT count(*) FROM job_status WHERE status = 'processing'")) == 11_000
+    writer.close()
+    database.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_status_writer_caller_interrupted_by_dramatiq_mid_wait_leaves_every_write_going(database_url: str) -> None:
+    """Issue 18 on the real databases: TimeLimitExceeded raised into a thread waiting for its status
+    write, while a commit is under way and other writes wait behind it, stops no other write."""
+    database = Database(database_url)
+    writer = StatusWriter(database)
+    first_started, hold_first = threading.Event(), threading.Event()
+
+    def commit_holding_the_first(writes: Sequence[Write]) -> None:
+        if not first_started.is_set():
+            first_started.set()
+            hold_first.wait(timeout=10)
+        writer.commit(writes)
+
+    writes = GroupCommit(commit=commit_holding_the_first)
+    now = datetime.now(UTC)
+    first = Write(ENQUEUE, row_values("held-1", "job", "default", "queued", now))
+    writes.submit(first)
+    first_started.wait(timeout=10)
+    interrupted = Write(ENQUEUE, row_values("interrupted-2", "job", "default", "queued", now))
+    outcome: list[object] = []
+
+    def caller() -> None:
+        try:
+            outcome.append(writes.run(interrupted))
+        except TimeLimitExceeded as interrupt:
+            outcome.append(interrupt)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    wait_until(lambda: any(interrupted in c.writes for c in writes._waiting), timeout_s=10,
+               what="the caller waiting behind the held commit")  # fmt: skip
+    raise_thread_exception(thread.ident, TimeLimitExceeded)
+    behind = Write(ENQUEUE, row_values("behind-3", "job", "default", "queued", now))
+    writes.submit(behind)
+    hold_first.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and isinstance(outcome[0], TimeLimitExceeded)
+    waiter = threading.Thread(target=writes.wait, args=([behind],), daemon=True)
+    waiter.start()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive(), "the write behind the interrupted caller was never committed"
+    writes.run(Write(ENQUEUE, row_values("after-4", "job", "default", "queued", now)))
+    assert [get_job(database, f"{name}")["status"] for name in ("held-1", "interrupted-2", "behind-3", "after-4")] == [
+        "queued"
+    ] * 4, "every write is in the database, the interrupted caller's too"
     writer.close()
     database.dispose()
