@@ -10,13 +10,22 @@
    id into the queue it is being acked from would let that ack delete the new copy. A failure
    because the database is down is one too (``middleware.database_outages``): the worker thread
    then waits for the database before it takes another message.
+   ``Shutdown`` is handed back for an actor that is not checkpointed too, even one with
+   ``max_retries=0``: the job was stopped by a deploy, not by a failure of its own.
 2. A fatal error (``middleware.error_classification``; the actor options ``fatal_errors`` and
    ``retryable_errors`` add types; ``throws`` counts as fatal) fails the message at once, whatever
-   its retry budget. The worker still logs it as an error with its traceback, so error reporting
-   sees it (Dramatiq's ``throws`` alone would log it at INFO).
+   its retry budget. A classified fatal error is logged here at WARNING, and the worker logs it as
+   an error with its traceback, so error reporting sees it. An error in the actor's ``throws`` is
+   one the actor declared as expected: as in Dramatiq, it is logged at INFO (here and by the worker).
 3. Anything else is retried by the actor's :class:`RetryPolicy` (``retry_policy``), or by one
-   made from Dramatiq's own options (``max_retries``, ``min_backoff``, ``max_backoff``);
-   ``retry_when(retries, exception)`` still has the last word when an actor sets it.
+   made from Dramatiq's own options (``max_retries``, ``min_backoff``, ``max_backoff``; the delay
+   never exceeds ``max_backoff``, even below ``min_backoff``); ``retry_when(retries, exception)``
+   still has the last word when an actor sets it. Each failure stamps ``retries``, ``traceback``
+   and ``requeue_timestamp`` (milliseconds since the epoch) on the message, as Dramatiq's does.
+4. A message whose retries run out (not a fatal error, which was never to be retried) is sent, as
+   in Dramatiq, to the actor named by its ``on_retry_exhausted`` option, with the message as a dict
+   and ``{"retries": ..., "max_retries": ...}``. For every final failure, fatal ones included, use
+   Dramatiq's ``on_failure`` callback.
 
 The decision is published in ``middleware.failure_decision.current_failure`` for the middleware that runs after this
 one (job status, job logs, dead letters).
@@ -26,11 +35,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 import traceback
 from typing import Any
 
 import dramatiq
-from dramatiq import Retry
+from dramatiq import ActorNotFound, Retry
 from dramatiq.middleware import Middleware, Shutdown, TimeLimitExceeded
 
 from middleware.checkpoints import CheckpointBusy, CheckpointSuperseded, HandBack
@@ -44,6 +54,8 @@ from middleware.retry_policies import RetryPolicy
 logger = logging.getLogger("middleware.retries.Retries")
 
 REQUEUE_DELAY_MS = 100
+#: Dramatiq's cap on any backoff: 7 days.
+MAX_BACKOFF_MS = 7 * 86_400_000
 
 
 class Retries(Middleware):
@@ -54,7 +66,7 @@ class Retries(Middleware):
         *,
         max_retries: int = 20,
         min_backoff: int = 15_000,
-        max_backoff: int = 7 * 86_400_000,
+        max_backoff: int = MAX_BACKOFF_MS,
         requeue_delay_ms: int = REQUEUE_DELAY_MS,
         database_outages: DatabaseOutages | None = None,
     ) -> None:
@@ -65,7 +77,7 @@ class Retries(Middleware):
     @property
     def actor_options(self) -> set[str]:
         return {
-            "max_retries", "min_backoff", "max_backoff", "retry_when", "throws",
+            "max_retries", "min_backoff", "max_backoff", "retry_when", "throws", "on_retry_exhausted",
             "retry_policy", "fatal_errors", "retryable_errors",
         }  # fmt: skip
 
@@ -101,12 +113,16 @@ class Retries(Middleware):
         current_failure.set(decision)
         message.options["retries"] = decision.attempt
         message.options["traceback"] = traceback.format_exc(limit=30)
+        message.options["requeue_timestamp"] = int(time.time() * 1000)
         if not decision.will_retry:
             if decision.fatal:
-                logger.warning("Message %s failed with a fatal error (%s); it is not retried.",
-                               message.message_id, decision.classification.reason)  # fmt: skip
+                # An error in throws is one the actor expects: INFO, as Dramatiq logs it.
+                level = logging.INFO if _in_throws(actor, message, exception) else logging.WARNING
+                logger.log(level, "Message %s failed with a fatal error (%s); it is not retried.",
+                           message.message_id, decision.classification.reason)  # fmt: skip
             else:
                 logger.warning("Message %s failed all %d attempts.", message.message_id, decision.max_attempts)
+                _send_on_retry_exhausted(broker, actor, message, decision)
             message.fail()
             return
         log_event(
@@ -144,9 +160,30 @@ class Retries(Middleware):
         return FailureDecision(classification, attempt, policy.attempts, will_retry, delay_ms)
 
 
-def classify_for_actor(actor: dramatiq.Actor, message: dramatiq.Message, exception: BaseException) -> Classification:
+def _in_throws(actor: dramatiq.Actor, message: dramatiq.Message, exception: BaseException) -> bool:
     throws = message.options.get("throws") or actor.options.get("throws")
-    if throws and isinstance(exception, throws):
+    return bool(throws) and isinstance(exception, throws)
+
+
+def _send_on_retry_exhausted(
+    broker: dramatiq.Broker, actor: dramatiq.Actor, message: dramatiq.Message, decision: FailureDecision
+) -> None:
+    target_name = message.options.get("on_retry_exhausted") or actor.options.get("on_retry_exhausted")
+    if not target_name:
+        return
+    try:
+        target = broker.get_actor(target_name)
+    except ActorNotFound:
+        logger.error("Message %s ran out of retries, but its on_retry_exhausted actor %r is not declared; "
+                     "nothing was sent to it (the message is dead-lettered as usual).",
+                     message.message_id, target_name)  # fmt: skip
+        return
+    # The same arguments as Dramatiq's: the message as it was, and its retry count and budget.
+    target.send(message.asdict(), {"retries": decision.attempt - 1, "max_retries": decision.max_attempts - 1})
+
+
+def classify_for_actor(actor: dramatiq.Actor, message: dramatiq.Message, exception: BaseException) -> Classification:
+    if _in_throws(actor, message, exception):
         return Classification(ErrorKind.FATAL, f"{type(exception).__name__} is in the actor's throws")
     if isinstance(exception, TypeError) and not _arguments_fit(actor, message):
         return Classification(ErrorKind.FATAL, "the message's arguments do not match the actor's signature")
@@ -174,9 +211,12 @@ def _arguments_fit(actor: dramatiq.Actor, message: dramatiq.Message) -> bool:
 
 
 def _policy_from_dramatiq_options(max_retries: int | None, min_backoff: int, max_backoff: int) -> RetryPolicy:
-    # Dramatiq's backoff doubles from min_backoff with jitter; max_retries=None meant "forever",
-    # which this system never allows: it is capped at Dramatiq's default of 20.
+    # Dramatiq's backoff doubles from min_backoff with jitter and never exceeds max_backoff (itself
+    # at most 7 days), even where max_backoff is below min_backoff: max_backoff=0 retries at once.
+    # max_retries=None meant "forever", which this system never allows: it is capped at Dramatiq's
+    # default of 20.
     retries = 20 if max_retries is None else max_retries
+    max_delay_ms = min(max_backoff, MAX_BACKOFF_MS)
     return RetryPolicy(
-        attempts=retries + 1, base_delay_ms=min_backoff, max_delay_ms=max(max_backoff, min_backoff), jitter=0.5
+        attempts=retries + 1, base_delay_ms=min(min_backoff, max_delay_ms), max_delay_ms=max_delay_ms, jitter=0.5
     )
