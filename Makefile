@@ -1,5 +1,6 @@
 # make demo: the main job on the embedded default (no services needed).
 # make test: the whole suite against real Redis, RabbitMQ, PostgreSQL and SQLite.
+# make compat: Dramatiq's own test suite against our middleware stack (CI runs both).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := espeak-ng sox chromium prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint setup system-packages services clean
+.PHONY: demo test compat lint setup system-packages services clean
 
 setup: $(STAMP) system-packages
 
@@ -37,6 +38,11 @@ demo: setup
 test: setup services
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# Dramatiq's own test suite against our middleware stack (tests/dramatiq_compat/, about 6 min):
+# its own step in CI (.ci/run), beside the suite's ten minutes.
+compat: setup services
+	$(PY) -m tests.dramatiq_compat
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
