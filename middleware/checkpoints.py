@@ -50,14 +50,8 @@ from dramatiq import Retry
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 from sqlalchemy import (
     JSON,
-    Column,
     Connection,
-    DateTime,
-    Float,
     Insert,
-    Integer,
-    String,
-    Table,
     bindparam,
     null,
     or_,
@@ -67,33 +61,15 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from middleware.database import Database, metadata
 from middleware.dead_letters import message_payload
 from middleware.job_logs import log_event
 from middleware.job_status import PROGRESS_UPSERT, progress_values
 from middleware.routing import longest_time_limit_ms
+from middleware.storage.database import Database
+from middleware.storage.tables import job_checkpoints
 
 logger = logging.getLogger("middleware.checkpoints.Checkpoints")
 
-job_checkpoints = Table(
-    "job_checkpoints",
-    metadata,
-    Column("key", String(255), primary_key=True),
-    Column("actor_name", String(255), nullable=False),
-    Column("message_id", String(64), nullable=False),
-    Column("position", JSON, nullable=True),
-    Column("progress", Float, nullable=True),
-    Column("saves", Integer, nullable=False, default=0),
-    Column("resumes", Integer, nullable=False, default=0),
-    Column("resumed_from", JSON, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("completed_at", DateTime(timezone=True), nullable=True),
-    #: The message that saved the checkpoint, to enqueue again if the broker loses it (stalled jobs).
-    Column("message", JSON, nullable=True),
-    #: The delivery that may save the checkpoint (a token per delivery); None once it is released.
-    Column("lease_token", String(32), nullable=True),
-)
 
 #: A lease that saved nothing for this long may be taken over by another message for the same work.
 DEFAULT_LEASE_MS = 10 * 60_000

@@ -24,11 +24,11 @@ from middleware.checkpoints import (
     current_checkpoint,
     job_checkpoints,
 )
-from middleware.database import Database
-from middleware.dead_letter_store import list_dead_letters
 from middleware.job_logs import EVENTS_LOGGER
 from middleware.job_status import COMPLETED, get_job
+from middleware.operations.dead_letter_store import list_dead_letters
 from middleware.routing import DurationRouting, RoutedActor
+from middleware.storage.database import Database
 from tests.harness import wait_until
 from tests.unit.conftest import outputs
 

@@ -8,8 +8,8 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import insert, update
 
 from middleware.checkpoints import current_checkpoint
-from middleware.database import Database
 from middleware.job_status import get_job, job_status, list_jobs
+from middleware.storage.database import Database
 from tests.unit.conftest import outputs
 
 

@@ -17,11 +17,11 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from middleware.checkpoints import current_checkpoint, job_checkpoints
-from middleware.database import Database
-from middleware.error_classification import FatalError
 from middleware.metrics import ENQUEUED_AT_OPTION, Metrics, initialize_counters
+from middleware.policies.error_classification import FatalError
 from middleware.retries import Retries
 from middleware.routing import RoutedActor
+from middleware.storage.database import Database
 
 
 @pytest.fixture
