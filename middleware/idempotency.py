@@ -32,11 +32,12 @@ from datetime import UTC, datetime, timedelta
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
+from dramatiq.middleware import Middleware, SkipMessage
 from sqlalchemy import Connection, Row, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from middleware.brokers.redis_keys import bodies_key
+from middleware.errors import DuplicateJob
 from middleware.job_status import COMPLETED, FAILED, job_status
 from middleware.storage.database import Database, as_utc, delete_in_batches
 from middleware.storage.tables import idempotency_keys
@@ -51,15 +52,6 @@ DEFAULT_UNSENT_AFTER_MS = 60_000
 #: without the hook that settles them), the oldest are forgotten: their keys are then kept.
 MAX_UNSETTLED_CLAIMS = 10_000
 
-
-
-class DuplicateJob(MiddlewareError):
-    """A job with this idempotency key is already queued, running or recently completed."""
-
-    def __init__(self, key: str, existing_message_id: str) -> None:
-        super().__init__(f"a job with idempotency key {key!r} already exists: message {existing_message_id}")
-        self.key = key
-        self.existing_message_id = existing_message_id
 
 
 class DuplicateDelivery(SkipMessage):

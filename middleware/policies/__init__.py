@@ -3,5 +3,5 @@
 Fatal or retryable (``error_classification``), retry policies, the failure decision ``Retries``
 publishes for the middleware after it, the poison-message rule, redaction of sensitive values.
 
-Imports nothing else of ``middleware``: the lowest layer (``tests/unit/test_import_layers.py``).
+Imports only ``middleware.errors``, the lowest layer (``tests/unit/test_import_layers.py``).
 """

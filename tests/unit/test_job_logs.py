@@ -44,7 +44,7 @@ def drain(broker: StubBroker, worker: Worker) -> None:
 
 
 def test_a_successful_checkpointed_job(stub_broker: StubBroker, stub_worker: Worker, events: io.StringIO) -> None:
-    @dramatiq.actor(broker=stub_broker, checkpointed=True)
+    @dramatiq.actor(broker=stub_broker, checkpointed=True, notify_shutdown=True)
     def job() -> None:
         with current_checkpoint().saving(0) as connection:
             connection.execute(insert(outputs).values(job="logs", item=0))

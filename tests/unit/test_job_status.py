@@ -64,7 +64,7 @@ def test_checkpointed_actors_report_progress_with_each_checkpoint(
 ) -> None:
     progress: list[float] = []
 
-    @dramatiq.actor(broker=stub_broker, checkpointed=True)
+    @dramatiq.actor(broker=stub_broker, checkpointed=True, notify_shutdown=True)
     def job() -> None:
         current = dramatiq.middleware.CurrentMessage.get_current_message()
         for item in range(4):
