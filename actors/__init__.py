@@ -8,7 +8,7 @@ import sys
 
 from actors.observability import configure_observability
 from actors.settings import Settings, SettingsError
-from middleware.metrics_directory import MetricsDirectoryError
+from middleware.serving.metrics_directory import MetricsDirectoryError
 
 try:
     _settings = Settings.from_env()
@@ -19,8 +19,8 @@ except (SettingsError, MetricsDirectoryError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
     raise SystemExit(2) from None
 
+from actors.boot import configure
 from actors.embedded_redis import EmbeddedRedisError
-from actors.system import configure
 from middleware.job_logs import configure_job_logs
 
 try:

@@ -23,13 +23,11 @@ from actors.redis_broker import RedisBroker
 from actors.schema import schema_problem
 from actors.settings import Settings
 from middleware.boot_checks import BootChecks
+from middleware.brokers.hook_dispatch import DispatchesToImplementedHooks
 from middleware.checkpoints import Checkpoints
-from middleware.database import Database
-from middleware.database_outages import DatabaseOutages
 from middleware.dead_letters import DeadLetters
 from middleware.error_reporting import ErrorReporting
 from middleware.heartbeats import WorkerHeartbeats
-from middleware.hook_dispatch import DispatchesToImplementedHooks
 from middleware.idempotency import Idempotency
 from middleware.job_logs import JobLogs
 from middleware.job_status import JobStatus
@@ -37,6 +35,8 @@ from middleware.metrics import Metrics
 from middleware.redis_durability import RedisDurability
 from middleware.retries import Retries
 from middleware.routing import DurationRouting
+from middleware.storage.database import Database
+from middleware.storage.database_outages import DatabaseOutages
 from middleware.worker_health import WorkerHealth
 
 

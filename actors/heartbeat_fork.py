@@ -6,11 +6,11 @@ broker from the same settings as the workers; see ``middleware/heartbeats.py`` f
 
 from __future__ import annotations
 
+from actors.system import current_system
 from middleware.heartbeats import run_keeper
 
 
 def run() -> int:
-    from actors.system import current_system  # importing actors configures this process
-
+    # The master imported (and so configured) actors before it forked this process.
     run_keeper(current_system().broker, stop=lambda: False)  # ends when the master sends SIGTERM
     return 0

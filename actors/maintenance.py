@@ -25,8 +25,9 @@ from typing import Any
 import dramatiq
 
 from actors.system import current_system
-from middleware import dead_letter_store, idempotency, job_status, stalled_jobs
-from middleware.retry_policies import RetryPolicy
+from middleware import idempotency, job_status
+from middleware.operations import dead_letter_store, stalled_jobs
+from middleware.policies.retry_policies import RetryPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -13,17 +13,17 @@ import os
 import signal
 import time
 
+from actors.observability import metrics_directory_in_use
+from actors.system import current_system
+from middleware.serving.metrics_server import start_metrics_server
+
 logger = logging.getLogger("actors.metrics_fork")
 
 EXIT_BAD_START = 2
 
 
 def run() -> int:
-    from actors.observability import metrics_directory_in_use
-    from actors.system import current_system  # importing actors configures this process
-    from middleware.metrics_server import start_metrics_server
-
-    settings = current_system().settings
+    settings = current_system().settings  # configured by the master before it forked this process
     directory = metrics_directory_in_use()
     if directory is None:
         logger.critical("Metrics have no directory in this process; is METRICS_PORT set for the workers too?")

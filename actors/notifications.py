@@ -8,7 +8,7 @@
    the message (see :func:`idempotency_key_for`): delivery is at least once, so a receiver that
    honours the key sees each notification once even when a retry follows a lost response.
 4. ``raise_for_status()`` turns a non-2xx answer into ``httpx.HTTPStatusError``; the project's
-   classifier (``middleware.error_classification``) makes 4xx such as 404 fatal and 5xx, 429,
+   classifier (``middleware.policies.error_classification``) makes 4xx such as 404 fatal and 5xx, 429,
    timeouts and refused connections retryable, so this actor has no retry logic of its own: the
    ``Retries`` middleware applies :data:`WEBHOOKS`.
 """
@@ -24,8 +24,8 @@ import dramatiq
 import httpx
 from dramatiq.middleware import CurrentMessage
 
-from middleware.error_classification import RETRYABLE_HTTP_STATUSES, FatalError
-from middleware.retry_policies import RetryPolicy
+from middleware.policies.error_classification import RETRYABLE_HTTP_STATUSES, FatalError
+from middleware.policies.retry_policies import RetryPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from actors.settings import Settings
 from middleware.error_reporting import init_error_reporting
-from middleware.metrics_directory import instance_directory, is_dramatiq_process, use_metrics_directory
+from middleware.serving.metrics_directory import instance_directory, is_dramatiq_process, use_metrics_directory
 
 _metrics_directory: Path | None = None
 

@@ -30,10 +30,10 @@ from dramatiq.brokers.redis import _RedisConsumer
 from dramatiq.errors import DecodeError
 from dramatiq.worker import POST_PROCESS_MESSAGE_RETRY_DELAY_SECS
 
-from middleware.hook_dispatch import DispatchesToImplementedHooks
+from middleware.brokers.hook_dispatch import DispatchesToImplementedHooks
+from middleware.brokers.redis_keys import bodies_key, unacked_key
 from middleware.idempotency import settle_refused_sends
 from middleware.job_status import JobStatus
-from middleware.redis_keys import bodies_key, unacked_key
 
 logger = logging.getLogger("actors.redis_broker.RedisBroker")
 

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from middleware.boot_checks import TransientBootProblem  # noqa: E402
-from middleware.database import Database  # noqa: E402
+from middleware.storage.database import Database  # noqa: E402
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

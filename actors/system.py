@@ -1,4 +1,4 @@
-"""The configured system of this process: settings, database and broker, built once."""
+"""The configured system of this process: settings, database and broker, built once by ``actors.boot``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import dramatiq
 
-from actors.broker import build_broker
 from actors.settings import Settings
-from middleware.database import Database
+from middleware.storage.database import Database
 
 
 @dataclass(frozen=True)
@@ -21,14 +20,11 @@ class System:
 _system: System | None = None
 
 
-def configure(settings: Settings) -> System:
-    """Build the broker and make it Dramatiq's global broker, before any actor is declared."""
+def register(system: System) -> System:
+    """Make ``system`` this process's (``actors.boot.configure`` does, once)."""
     global _system
-    database = Database(settings.database_url)
-    broker = build_broker(settings, database)
-    dramatiq.set_broker(broker)
-    _system = System(settings=settings, database=database, broker=broker)
-    return _system
+    _system = system
+    return system
 
 
 def current_system() -> System:

@@ -2,7 +2,7 @@
 
 from sqlalchemy import BigInteger, Column, Integer, String, Table, Text, UniqueConstraint
 
-from middleware.database import metadata
+from middleware.storage.database import metadata
 
 transcript_segments = Table(
     "transcript_segments",

@@ -3,7 +3,7 @@
     python -m bench.enqueue --module bench.stack_actors --actor noop --jobs 20000 [--args '[10]'] [--bulk]
 
 Run by ``bench.run`` in a fresh process per system, with that system's settings in the environment;
-``--bulk`` sends through ``middleware.bulk_enqueue.send_many`` instead of one ``send()`` per message.
+``--bulk`` sends through ``middleware.operations.bulk_enqueue.send_many`` instead of one ``send()`` per message.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main() -> None:
     arguments = tuple(json.loads(args.args))
     started = time.perf_counter()
     if args.bulk:
-        from middleware.bulk_enqueue import send_many
+        from middleware.operations.bulk_enqueue import send_many
 
         send_many(actor, [arguments] * args.jobs)
     else:

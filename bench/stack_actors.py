@@ -30,7 +30,7 @@ _without = {name for name in os.environ.get("BENCH_WITHOUT", "").split(",") if n
 broker.middleware[:] = [middleware for middleware in broker.middleware if type(middleware).__name__ not in _without]
 
 
-@dramatiq.actor(queue_name=QUEUE, checkpointed=True, max_retries=0)
+@dramatiq.actor(queue_name=QUEUE, checkpointed=True, notify_shutdown=True, max_retries=0)
 def checkpointed_segments(segments: int, report_path: str) -> None:
     """Saves ``segments`` checkpoints, each with one transcript row in its transaction (as transcription
     does), and writes how long each save took (milliseconds) to ``report_path`` as JSON."""

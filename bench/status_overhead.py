@@ -23,12 +23,12 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, ShutdownNotifications, TimeLimit
 from sqlalchemy import create_engine, text
 
-from middleware.database import Database, metadata
 from middleware.dead_letters import DeadLetters
 from middleware.idempotency import Idempotency
 from middleware.job_logs import JobLogs
 from middleware.job_status import JobStatus
 from middleware.retries import Retries
+from middleware.storage.database import Database, metadata
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

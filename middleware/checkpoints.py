@@ -46,18 +46,11 @@ from functools import cache
 from typing import Any
 
 import dramatiq
-from dramatiq import Retry
-from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
+from dramatiq.middleware import Middleware, SkipMessage
 from sqlalchemy import (
     JSON,
-    Column,
     Connection,
-    DateTime,
-    Float,
     Insert,
-    Integer,
-    String,
-    Table,
     bindparam,
     null,
     or_,
@@ -67,33 +60,16 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from middleware.database import Database, metadata
 from middleware.dead_letters import message_payload
+from middleware.errors import ActorDeclarationError, CheckpointBusy, CheckpointSuperseded, HandBack
 from middleware.job_logs import log_event
 from middleware.job_status import PROGRESS_UPSERT, progress_values
 from middleware.routing import longest_time_limit_ms
+from middleware.storage.database import Database
+from middleware.storage.tables import job_checkpoints
 
 logger = logging.getLogger("middleware.checkpoints.Checkpoints")
 
-job_checkpoints = Table(
-    "job_checkpoints",
-    metadata,
-    Column("key", String(255), primary_key=True),
-    Column("actor_name", String(255), nullable=False),
-    Column("message_id", String(64), nullable=False),
-    Column("position", JSON, nullable=True),
-    Column("progress", Float, nullable=True),
-    Column("saves", Integer, nullable=False, default=0),
-    Column("resumes", Integer, nullable=False, default=0),
-    Column("resumed_from", JSON, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("completed_at", DateTime(timezone=True), nullable=True),
-    #: The message that saved the checkpoint, to enqueue again if the broker loses it (stalled jobs).
-    Column("message", JSON, nullable=True),
-    #: The delivery that may save the checkpoint (a token per delivery); None once it is released.
-    Column("lease_token", String(32), nullable=True),
-)
 
 #: A lease that saved nothing for this long may be taken over by another message for the same work.
 DEFAULT_LEASE_MS = 10 * 60_000
@@ -105,32 +81,6 @@ _current: ContextVar[Checkpoint | None] = ContextVar("current_checkpoint", defau
 
 class CheckpointAlreadyCompleted(SkipMessage):
     """The work this message carries was completed by an earlier delivery; it is skipped."""
-
-
-class CheckpointBusy(MiddlewareError, Retry):
-    """Another message's delivery holds this work's checkpoint: this one is handed back to wait,
-    spending no attempt. A ``MiddlewareError``, so raised from ``before_process_message`` it stops
-    the actor from running (Dramatiq swallows any other error there); a ``Retry``, so the worker
-    does not log it as an error."""
-
-    def __init__(self, text: str, *, held_by: str, delay: int) -> None:
-        super().__init__(text, delay=delay)
-        self.held_by = held_by
-
-
-class CheckpointSuperseded(Retry):
-    """This delivery lost its checkpoint's lease to ``by_message_id``'s delivery; the save that
-    found it out wrote nothing. A delivery of another message is handed back (it will
-    wait for the holder); one of the same message just ends: that message runs elsewhere now."""
-
-    def __init__(self, text: str, *, by_message_id: str | None) -> None:
-        super().__init__(text)
-        self.by_message_id = by_message_id
-
-
-class HandBack(Exception):
-    """Raised after a checkpoint commits, once the delivery has been held for ``hand_back_after_ms``:
-    the message goes back to its queue at no cost in attempts, and its next delivery resumes here."""
 
 
 def current_checkpoint() -> Checkpoint:
@@ -355,6 +305,15 @@ class Checkpoints(Middleware):
     @property
     def actor_options(self) -> set[str]:
         return {"checkpointed", "checkpoint_key"}
+
+    def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor) -> None:
+        # A MiddlewareError raised here stops the declaration: the mistake shows at import, not at a deploy.
+        if actor.options.get("checkpointed") and not actor.options.get("notify_shutdown"):
+            raise ActorDeclarationError(
+                f"Actor {actor.actor_name!r} is declared checkpointed=True without notify_shutdown=True: a "
+                "deploy would wait out the worker's shutdown timeout, then kill the job, instead of stopping "
+                "it at once with its checkpoint saved. Add notify_shutdown=True to its options."
+            )
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # Not after_process_boot: the dramatiq CLI emits that before it imports the actor modules.

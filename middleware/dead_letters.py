@@ -7,7 +7,7 @@
    dead-letter queue, and ``reconcile`` (``python -m ops dlq reconcile``, or the scheduler)
    records it later. Rows are unique by message id, so recording twice is harmless.
 
-Operations on the rows (list, resolve, requeue, purge, ...) are in ``middleware.dead_letter_store``.
+Operations on the rows (list, resolve, requeue, purge, ...) are in ``middleware.operations.dead_letter_store``.
 """
 
 from __future__ import annotations
@@ -21,55 +21,22 @@ from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Column,
     Connection,
-    DateTime,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-    false,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from middleware.database import Database, metadata
-from middleware.failure_decision import current_failure
 from middleware.job_logs import log_event
-from middleware.poison_messages import PoisonMessage
+from middleware.policies.failure_decision import current_failure
+from middleware.policies.poison_messages import PoisonMessage
+from middleware.storage.database import Database
+from middleware.storage.tables import dead_letters
 
 logger = logging.getLogger("middleware.dead_letters.DeadLetters")
 
 FATAL, RETRYABLE, POISON = "fatal", "retryable", "poison"
 KINDS = (FATAL, RETRYABLE, POISON)
 
-dead_letters = Table(
-    "dead_letters",
-    metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("queue_name", String(255), nullable=False),
-    Column("actor_name", String(255), nullable=False),
-    Column("message_id", String(64), nullable=False, unique=True),
-    Column("message", JSON, nullable=False),
-    Column("error_type", String(255), nullable=False),
-    Column("error_message", Text, nullable=False),
-    Column("traceback", Text, nullable=True),
-    Column("attempts", Integer, nullable=False),
-    Column("kind", String(16), nullable=False),
-    Column("failed_at", DateTime(timezone=True), nullable=False),
-    Column("resolved", Boolean, nullable=False, server_default=false()),
-    Column("resolved_at", DateTime(timezone=True), nullable=True),
-    Column("resolved_by", String(255), nullable=True),
-    Column("notes", Text, nullable=True),
-    Column("requeued_as", String(64), nullable=True),
-    Column("requeued_at", DateTime(timezone=True), nullable=True),
-    Index("ix_dead_letters_queue_name_resolved", "queue_name", "resolved"),
-    Index("ix_dead_letters_failed_at", "failed_at"),
-)
 
 
 def insert_dead_letter(connection: Connection, row: dict[str, Any]) -> int | None:

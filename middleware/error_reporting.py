@@ -14,7 +14,7 @@ five times. Here:
    breadcrumb (in the worker process's trail, which the next event carries).
 4. Nothing sensitive leaves: local variables are not sent (a job's arguments would be in them);
    the message is attached with the values of ``SENSITIVE_FIELDS`` keys redacted
-   (``middleware.redaction``), and those values are scrubbed from the error text and breadcrumbs.
+   (``middleware.policies.redaction``), and those values are scrubbed from the error text and breadcrumbs.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from sentry_sdk.integrations.dedupe import DedupeIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration, ignore_logger
 
 from middleware.dead_letters import kind_of, message_payload
-from middleware.failure_decision import current_failure
 from middleware.job_logs import EVENTS_LOGGER, attempt_of
-from middleware.redaction import (
+from middleware.policies.failure_decision import current_failure
+from middleware.policies.redaction import (
     positional_parameter_names,
     redact,
     redact_message,

@@ -40,10 +40,10 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import DecodeError
 from dramatiq.middleware import Middleware
 
+from middleware.brokers.redis_keys import bodies_key, unacked_key
 from middleware.metrics import count_recovery_requeues
-from middleware.poison_messages import HANDED_BACK
-from middleware.processes import process_alive
-from middleware.redis_keys import bodies_key, unacked_key
+from middleware.policies.poison_messages import HANDED_BACK
+from middleware.serving.processes import process_alive
 
 logger = logging.getLogger("middleware.heartbeats.WorkerHeartbeats")
 

@@ -32,13 +32,15 @@ from datetime import UTC, datetime, timedelta
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
-from sqlalchemy import Column, Connection, DateTime, Row, String, Table, delete, select, update
+from dramatiq.middleware import Middleware, SkipMessage
+from sqlalchemy import Connection, Row, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from middleware.database import Database, as_utc, delete_in_batches, metadata
+from middleware.brokers.redis_keys import bodies_key
+from middleware.errors import DuplicateJob
 from middleware.job_status import COMPLETED, FAILED, job_status
-from middleware.redis_keys import bodies_key
+from middleware.storage.database import Database, as_utc, delete_in_batches
+from middleware.storage.tables import idempotency_keys
 
 logger = logging.getLogger("middleware.idempotency.Idempotency")
 
@@ -50,28 +52,6 @@ DEFAULT_UNSENT_AFTER_MS = 60_000
 #: without the hook that settles them), the oldest are forgotten: their keys are then kept.
 MAX_UNSETTLED_CLAIMS = 10_000
 
-idempotency_keys = Table(
-    "idempotency_keys",
-    metadata,
-    Column("key", String(255), primary_key=True),
-    Column("message_id", String(64), nullable=False),
-    Column("actor_name", String(255), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-    # Where a send on Redis puts the message: a later send can then tell a claim whose sender
-    # stopped between claiming the key and sending (the message is nowhere) from a live job.
-    Column("redis_queue", String(255), nullable=True),
-    Column("redis_message_id", String(64), nullable=True),
-)
-
-
-class DuplicateJob(MiddlewareError):
-    """A job with this idempotency key is already queued, running or recently completed."""
-
-    def __init__(self, key: str, existing_message_id: str) -> None:
-        super().__init__(f"a job with idempotency key {key!r} already exists: message {existing_message_id}")
-        self.key = key
-        self.existing_message_id = existing_message_id
 
 
 class DuplicateDelivery(SkipMessage):

@@ -37,7 +37,7 @@ import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 
-from middleware.failure_decision import current_failure
+from middleware.policies.failure_decision import current_failure
 
 EVENTS_LOGGER = "jobs.events"
 events_logger = logging.getLogger(EVENTS_LOGGER)

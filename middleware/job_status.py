@@ -37,26 +37,18 @@ import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage, Middleware, MiddlewareError
 from sqlalchemy import (
-    Column,
     Connection,
-    DateTime,
-    Float,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
     bindparam,
     func,
     select,
     text,
 )
 
-from middleware.database import Database, delete_in_batches, metadata
-from middleware.failure_decision import current_failure, delivery_superseded
-from middleware.group_commit import GroupCommit, Write
-from middleware.poison_messages import DEFAULT_MAX_DELIVERIES, HANDED_BACK, PoisonMessage, is_poison
-from middleware.status_writer import (
+from middleware.policies.failure_decision import current_failure, delivery_superseded
+from middleware.policies.poison_messages import DEFAULT_MAX_DELIVERIES, HANDED_BACK, PoisonMessage, is_poison
+from middleware.storage.database import Database, delete_in_batches
+from middleware.storage.group_commit import GroupCommit, Write
+from middleware.storage.status_writer import (
     ENQUEUE,
     FINISH,
     RUN,
@@ -66,30 +58,13 @@ from middleware.status_writer import (
     row_values,
     run_values,
 )
+from middleware.storage.tables import job_status
 
 logger = logging.getLogger("middleware.job_status.JobStatus")
 
 QUEUED, PROCESSING, COMPLETED, FAILED = "queued", "processing", "completed", "failed"
 STATUSES = (QUEUED, PROCESSING, COMPLETED, FAILED)
 
-job_status = Table(
-    "job_status",
-    metadata,
-    Column("message_id", String(64), primary_key=True),
-    Column("actor_name", String(255), nullable=False),
-    Column("queue_name", String(255), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("unfinished_deliveries", Integer, nullable=False, default=0),
-    Column("progress", Float, nullable=True),
-    Column("error", Text, nullable=True),
-    Column("enqueued_at", DateTime(timezone=True), nullable=True),
-    Column("started_at", DateTime(timezone=True), nullable=True),
-    Column("finished_at", DateTime(timezone=True), nullable=True),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Index("ix_job_status_status_updated_at", "status", "updated_at"),
-    Index("ix_job_status_actor_name", "actor_name"),
-)
 
 
 def _now() -> datetime:
@@ -110,7 +85,7 @@ class JobStatus(Middleware):
         self.max_deliveries = max_deliveries
         self.start_write_behind = start_write_behind
         # Concurrent writes share a transaction, on a connection of this process's own
-        # (middleware/status_writer.py: the hot path).
+        # (middleware/storage/status_writer.py: the hot path).
         self._writes = GroupCommit(commit=StatusWriter(database).commit)
         self._consumers_ack_when_saved = False
 
@@ -119,7 +94,7 @@ class JobStatus(Middleware):
 
     def after_enqueue_batch(self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message],
                             delay: int | None) -> None:  # fmt: skip
-        """``middleware.bulk_enqueue``'s hook: the rows of many messages in one statement."""
+        """``middleware.operations.bulk_enqueue``'s hook: the rows of many messages in one statement."""
         now = _now()
         self._writes.run_all([_enqueue_write(message, now) for message in messages])
 

@@ -1,7 +1,7 @@
 """Prometheus metrics of the workers: Dramatiq's message metrics, plus what long jobs need.
 
 Every metric is defined here, at module level, so all of them reach the worker deployment's one
-endpoint (``middleware.metrics_server``) once ``PROMETHEUS_MULTIPROC_DIR`` is set, which
+endpoint (``middleware.serving.metrics_server``) once ``PROMETHEUS_MULTIPROC_DIR`` is set, which
 ``actors`` does before anything imports this module. Labels are ``queue_name`` (without ``.DQ``)
 and ``actor_name`` unless a metric says otherwise. Every Gauge has an explicit multiprocess mode.
 
@@ -33,9 +33,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from middleware.boot_checks import stop_worker_boot
 from middleware.dead_letters import KINDS, kind_of
-from middleware.failure_decision import current_failure
 from middleware.job_logs import add_event_listener
-from middleware.routing import RoutedActor, large_queue_name
+from middleware.policies.failure_decision import current_failure
 
 logger = logging.getLogger("middleware.metrics.Metrics")
 
@@ -169,7 +168,7 @@ class Metrics(Middleware):
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         if self.exporter is None:
             return
-        from middleware.metrics_server import MetricsPortTaken, check_port_free
+        from middleware.serving.metrics_server import MetricsPortTaken, check_port_free
 
         try:
             check_port_free(self.bind, self.port)
@@ -282,9 +281,8 @@ def initialize_counters(broker: dramatiq.Broker) -> None:
     increase only from a sample before it: a counter born at 1 (the first fatal error) would show
     no rate at all."""
     for actor in broker.actors.values():
-        queues = [actor.queue_name]
-        if isinstance(actor, RoutedActor):
-            queues.append(large_queue_name(actor.queue_name))
+        # A routed actor also runs on its large queue (middleware.routing.RoutedActor.queue_names).
+        queues = getattr(actor, "queue_names", (actor.queue_name,))
         for labels in ((queue_name, actor.actor_name) for queue_name in queues):
             for counter in (messages_total, message_errors_total, message_retries_total, message_rejects_total,
                             jobs_completed_total, jobs_retries_total, time_limit_hits_total):  # fmt: skip

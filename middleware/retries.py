@@ -8,11 +8,11 @@
    took the lease over carries this same message: then it just ends).
    It goes back through the delay queue: on Redis, re-enqueueing a message
    id into the queue it is being acked from would let that ack delete the new copy. A failure
-   because the database is down is one too (``middleware.database_outages``): the worker thread
+   because the database is down is one too (``middleware.storage.database_outages``): the worker thread
    then waits for the database before it takes another message.
    ``Shutdown`` is handed back for an actor that is not checkpointed too, even one with
    ``max_retries=0``: the job was stopped by a deploy, not by a failure of its own.
-2. A fatal error (``middleware.error_classification``; the actor options ``fatal_errors`` and
+2. A fatal error (``middleware.policies.error_classification``; the actor options ``fatal_errors`` and
    ``retryable_errors`` add types; ``throws`` counts as fatal) fails the message at once, whatever
    its retry budget. A classified fatal error is logged here at WARNING, and the worker logs it as
    an error with its traceback, so error reporting sees it. An error in the actor's ``throws`` is
@@ -27,8 +27,8 @@
    and ``{"retries": ..., "max_retries": ...}``. For every final failure, fatal ones included, use
    Dramatiq's ``on_failure`` callback.
 
-The decision is published in ``middleware.failure_decision.current_failure`` for the middleware that runs after this
-one (job status, job logs, dead letters).
+The decision is published in ``middleware.policies.failure_decision.current_failure`` for the
+middleware that runs after this one (job status, job logs, dead letters).
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ import dramatiq
 from dramatiq import ActorNotFound, Retry
 from dramatiq.middleware import Middleware, Shutdown, TimeLimitExceeded
 
+from middleware.brokers.reliable_enqueue import enqueue_until_accepted
 from middleware.checkpoints import CheckpointBusy, CheckpointSuperseded, HandBack
-from middleware.database_outages import DatabaseOutages
-from middleware.error_classification import Classification, ErrorKind, classify_error
-from middleware.failure_decision import FailureDecision, current_failure, delivery_superseded
 from middleware.job_logs import log_event
-from middleware.reliable_enqueue import enqueue_until_accepted
-from middleware.retry_policies import RetryPolicy
+from middleware.policies.error_classification import Classification, ErrorKind, classify_error
+from middleware.policies.failure_decision import FailureDecision, current_failure, delivery_superseded
+from middleware.policies.retry_policies import RetryPolicy
+from middleware.storage.database_outages import DatabaseOutages
 
 logger = logging.getLogger("middleware.retries.Retries")
 

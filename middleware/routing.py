@@ -19,6 +19,8 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware, TimeLimit
 
+from middleware.metrics import count_routing
+
 logger = logging.getLogger("middleware.routing.DurationRouting")
 
 LARGE_QUEUE_SUFFIX = "-large"
@@ -63,8 +65,6 @@ class DurationRouting(Middleware):
         if duration_ms is not None:
             options["expected_duration_ms"] = duration_ms
         logger.debug("Routing message %s (expected %s ms) to %r.", message.message_id, duration_ms, queue_name)
-        from middleware.metrics import count_routing  # here: middleware.metrics imports this module
-
         count_routing(actor.actor_name, queue_name, large=large)
         return message.copy(queue_name=queue_name, options=options)
 
@@ -79,6 +79,11 @@ class DurationRouting(Middleware):
 
 class RoutedActor(dramatiq.Actor):
     """An actor whose messages are routed by :class:`DurationRouting` when they are built."""
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        """Every queue its messages may run on (other middleware read this, without importing routing)."""
+        return (self.queue_name, large_queue_name(self.queue_name))
 
     def message_with_options(
         self, *, args: tuple = (), kwargs: dict[str, Any] | None = None, **options: Any

@@ -34,14 +34,15 @@ from typing import Any
 import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
-from sqlalchemy import JSON, Boolean, Column, Connection, DateTime, Index, Integer, String, Table, delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from middleware.boot_checks import stop_worker_boot
-from middleware.database import Database, as_utc, metadata, upsert
-from middleware.failure_decision import current_failure
 from middleware.job_status import job_status
-from middleware.liveness_probe import LivenessServer, ProbePortTaken, process_index
+from middleware.policies.failure_decision import current_failure
+from middleware.serving.liveness_probe import LivenessServer, ProbePortTaken, process_index
+from middleware.storage.database import Database, as_utc, upsert
+from middleware.storage.tables import worker_heartbeats
 
 logger = logging.getLogger("middleware.worker_health.WorkerHealth")
 
@@ -50,37 +51,6 @@ DEFAULT_STALE_AFTER_MS = 30_000
 DEFAULT_FORGET_AFTER_MS = 600_000
 DEFAULT_FAILURE_WINDOW_MS = 600_000
 
-worker_heartbeats = Table(
-    "worker_heartbeats",
-    metadata,
-    Column("worker_id", String(128), primary_key=True),
-    Column("host", String(255), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("version", String(64), nullable=False),
-    #: The queues this process consumes (canonical names, without .DQ).
-    Column("queues", JSON, nullable=False),
-    #: Jobs finished since the process started (succeeded or failed), and the failed ones.
-    Column("processed", Integer, nullable=False),
-    Column("failed", Integer, nullable=False),
-    Column("in_progress", Integer, nullable=False),
-    #: The same over the last ``failure_window_ms`` (counted by the second).
-    Column("failure_window_ms", Integer, nullable=False),
-    Column("window_processed", Integer, nullable=False),
-    Column("window_failed", Integer, nullable=False),
-    #: Failures since the last job that succeeded (or since the process started).
-    Column("failed_since_success", Integer, nullable=False),
-    #: [{"message_id", "actor_name", "queue_name", "started_at", "progress"}], oldest first.
-    Column("current_jobs", JSON, nullable=False),
-    #: {queue: {"running": n, "delayed": n}}: jobs running, and delayed messages held in memory.
-    Column("queue_counts", JSON, nullable=False),
-    #: True once the worker has been told to stop and is finishing its current jobs.
-    Column("stopping", Boolean, nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("last_job_finished_at", DateTime(timezone=True), nullable=True),
-    Column("last_success_at", DateTime(timezone=True), nullable=True),
-    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
-    Index("ix_worker_heartbeats_heartbeat_at", "heartbeat_at"),
-)
 
 
 def _now() -> datetime:

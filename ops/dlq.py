@@ -82,7 +82,7 @@ def _system():
 
 
 def _list(args: argparse.Namespace) -> int:
-    from middleware.dead_letter_store import Filters, count_dead_letters, list_dead_letters
+    from middleware.operations.dead_letter_store import Filters, count_dead_letters, list_dead_letters
 
     filters = Filters(queue=args.queue, actor=args.actor, kind=args.kind, resolved=args.resolved, since=args.since)
     database = _system().database
@@ -97,7 +97,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from middleware.dead_letter_store import get_dead_letter
+    from middleware.operations.dead_letter_store import get_dead_letter
 
     row = get_dead_letter(_system().database, args.id)
     print_json(row) if args.json else print_record(row)
@@ -105,7 +105,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _resolve(args: argparse.Namespace) -> int:
-    from middleware.dead_letter_store import resolve
+    from middleware.operations.dead_letter_store import resolve
 
     row = resolve(_system().database, args.id, by=args.by, notes=args.notes)
     print_json(row) if args.json else print(f"Dead letter {args.id} resolved by {args.by}.")
@@ -113,7 +113,7 @@ def _resolve(args: argparse.Namespace) -> int:
 
 
 def _requeue(args: argparse.Namespace) -> int:
-    from middleware.dead_letter_store import Filters, requeue, requeue_matching
+    from middleware.operations.dead_letter_store import Filters, requeue, requeue_matching
 
     system = _system()
     if args.id is not None:
@@ -131,7 +131,7 @@ def _requeue(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    from middleware.dead_letter_store import delete_dead_letter
+    from middleware.operations.dead_letter_store import delete_dead_letter
 
     delete_dead_letter(_system().database, args.id)
     print_json({"deleted": args.id}) if args.json else print(f"Dead letter {args.id} deleted.")
@@ -139,7 +139,7 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _purge(args: argparse.Namespace) -> int:
-    from middleware.dead_letter_store import purge
+    from middleware.operations.dead_letter_store import purge
 
     if not args.resolved:
         print("error: purge deletes only resolved dead letters; pass --resolved to say so.", file=sys.stderr)
@@ -150,7 +150,7 @@ def _purge(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from middleware.dead_letter_store import stats
+    from middleware.operations.dead_letter_store import stats
 
     rows = stats(_system().database)
     print_json(rows) if args.json else print_table(rows, ("queue", "total", "resolved", "unresolved"))
@@ -158,7 +158,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    from middleware.dead_letter_store import reconcile
+    from middleware.operations.dead_letter_store import reconcile
 
     system = _system()
     recorded = reconcile(system.database, system.broker, queues=args.queue)

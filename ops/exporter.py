@@ -1,7 +1,7 @@
 """python -m ops exporter: the system-wide metrics for Prometheus (queues, dead letters, workers).
 
 Each worker deployment serves its own jobs' metrics (``METRICS_PORT``); what no worker sees is
-served here, read from the broker and the database at every scrape (``middleware/system_gauges.py``).
+served here, read from the broker and the database at every scrape (``middleware/monitoring/system_gauges.py``).
 Run one per system. It listens on ``METRICS_BIND`` (127.0.0.1) : ``OPS_METRICS_PORT`` (9192) and
 stops at once, with exit code 1 and one line, if the port is taken.
 """
@@ -27,8 +27,8 @@ def _serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from actors.system import current_system
-    from middleware.metrics_server import MetricsServer
-    from middleware.system_gauges import SystemCollector
+    from middleware.monitoring.system_gauges import SystemCollector
+    from middleware.serving.metrics_server import MetricsServer
     from ops.queues import quiet_pika
 
     quiet_pika()

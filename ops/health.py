@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from middleware.queue_stats import QueueStats
+from middleware.operations.queue_stats import QueueStats
 from middleware.worker_health import is_live, queues_served
 from ops.output import print_json
 
@@ -58,8 +58,8 @@ def health_report(system: System) -> dict[str, Any]:
                   last_job_finished_at, heartbeat_at, heartbeat_age_s, healthy, reason, ...}],
      "queues": [{**QueueStats.to_dict(), dead_letters_unresolved, healthy, reason}]}
     """
-    from middleware.dead_letter_store import stats as dead_letter_stats
-    from middleware.queue_stats import BrokerUnavailable, queue_stats
+    from middleware.operations.dead_letter_store import stats as dead_letter_stats
+    from middleware.operations.queue_stats import BrokerUnavailable, queue_stats
     from middleware.worker_health import list_worker_heartbeats
 
     settings, database, now = system.settings, system.database, datetime.now(UTC)

@@ -1,6 +1,6 @@
 """python -m ops queues: per queue, messages waiting, delayed, in progress, dead, and the oldest one's age.
 
-Where each number comes from, per broker, is in ``middleware/queue_stats.py``. ``unresolved``
+Where each number comes from, per broker, is in ``middleware/operations/queue_stats.py``. ``unresolved``
 is the queue's unresolved rows in the ``dead_letters`` table.
 """
 
@@ -29,8 +29,8 @@ def quiet_pika() -> None:
 
 def queue_rows() -> list[dict[str, Any]]:
     from actors.system import current_system
-    from middleware.dead_letter_store import stats as dead_letter_stats
-    from middleware.queue_stats import queue_stats
+    from middleware.operations.dead_letter_store import stats as dead_letter_stats
+    from middleware.operations.queue_stats import queue_stats
 
     system = current_system()
     stats = queue_stats(system.broker, system.database, stale_after_ms=system.settings.worker_stale_after_ms)
@@ -39,7 +39,7 @@ def queue_rows() -> list[dict[str, Any]]:
 
 
 def _queues(args: argparse.Namespace) -> int:
-    from middleware.queue_stats import BrokerUnavailable
+    from middleware.operations.queue_stats import BrokerUnavailable
 
     quiet_pika()
     try:

@@ -26,7 +26,7 @@ def schedule_report(*, now: datetime | None = None) -> dict[str, Any]:
     next_run, last_tick, last_result, last_outcome, last_fired_at, fired_by, last_message_id, last_job_status,
     last_job_error, last_error}]}"""
     from actors.system import current_system
-    from middleware.schedule_state import entry_states
+    from middleware.storage.schedule_state import entry_states
     from scheduler.entries import load_schedule, validate
     from scheduler.leader import current_leader
 

@@ -186,8 +186,8 @@ def _serve_workers_metrics() -> dict[str, str]:
     settings = current_system().settings
     if settings.metrics_port == 0:
         return {}
-    from middleware.metrics_directory import instance_directory
-    from middleware.metrics_server import start_metrics_server
+    from middleware.serving.metrics_directory import instance_directory
+    from middleware.serving.metrics_server import start_metrics_server
 
     directory = instance_directory(metrics_root(settings), os.getpid())
     start_metrics_server(directory, bind=settings.metrics_bind, port=settings.metrics_port)

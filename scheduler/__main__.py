@@ -24,7 +24,7 @@ def main() -> int:
     from actors.schema import schema_problem
     from actors.system import current_system
     from middleware.boot_checks import TransientBootProblem
-    from middleware.metrics_server import MetricsServer
+    from middleware.serving.metrics_server import MetricsServer
     from scheduler.entries import ScheduleError, load_schedule, validate
     from scheduler.leader import leader_lock, this_process
     from scheduler.replica import run_replica

@@ -32,7 +32,7 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from middleware.database import Database
+from middleware.storage.database import Database
 
 logger = logging.getLogger("scheduler.leader")
 

@@ -43,7 +43,7 @@ from actors.system import System
 from middleware.idempotency import DuplicateJob, Idempotency, release_key
 from middleware.job_logs import emit_event
 from middleware.job_status import QUEUED, get_job
-from middleware.schedule_state import (
+from middleware.storage.schedule_state import (
     DUPLICATE,
     ENQUEUED,
     ERROR,

@@ -6,9 +6,9 @@ in-process. Every replica serves :class:`SchedulerMetrics` on ``SCHEDULER_METRIC
 the alerts are logged either way).
 
 - ``refresh_gauges``: queue depths, oldest waiting message, unresolved dead letters, worker
-  heartbeats (``middleware/system_gauges.py``);
+  heartbeats (``middleware/monitoring/system_gauges.py``);
 - ``check_alerts``: jobs waiting with no live worker, failed jobs above ALERT_FAILED_JOBS_THRESHOLD
-  (``middleware/alerts.py``): an ``alert.firing`` event each, and the ``jobs_alert_firing`` gauge.
+  (``middleware/monitoring/alerts.py``): an ``alert.firing`` event each, and the ``jobs_alert_firing`` gauge.
 
 Served metrics: ``jobs_scheduler_leader`` (1 on the leader), ``jobs_scheduler_ticks_total{entry, outcome}``,
 and while this replica leads, the gauges of its last ``refresh_gauges`` and ``check_alerts``.
@@ -27,8 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from actors.system import System
-from middleware import alerts
-from middleware.system_gauges import refresh_system_gauges
+from middleware.monitoring import alerts
+from middleware.monitoring.system_gauges import refresh_system_gauges
 
 
 class Term:

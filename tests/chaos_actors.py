@@ -52,7 +52,7 @@ def long_job(marker_path: str, seconds: float) -> None:
         marker.write("done\n")
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=600_000, checkpointed=True)
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=600_000, checkpointed=True, notify_shutdown=True)
 def checkpointed_steps(marker_path: str, steps: int, step_s: float) -> None:
     """``steps`` steps of ``step_s`` each, a checkpoint after each; records every start and step."""
     checkpoint = current_checkpoint()
@@ -67,7 +67,7 @@ def checkpointed_steps(marker_path: str, steps: int, step_s: float) -> None:
         marker.write("done\n")
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=600_000, checkpointed=True)
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=600_000, checkpointed=True, notify_shutdown=True)
 def checkpointed_rows(job: str, steps: int, step_s: float) -> None:
     """``steps`` steps of ``step_s`` each; each step's row (``transcript_segments``, one per index:
     a second write of an index fails) commits with its checkpoint and names the writing process."""

@@ -13,7 +13,7 @@ import dramatiq
 
 import actors  # noqa: F401  (configures the broker before these actors are declared)
 from middleware.checkpoints import current_checkpoint
-from middleware.error_classification import FatalError
+from middleware.policies.error_classification import FatalError
 
 QUEUE = "observed"
 #: A worker started with only this queue runs the jobs a test kills it in the middle of.
@@ -58,7 +58,7 @@ def succeeds(marker_path: str) -> None:
     _attempts_so_far(marker_path)
 
 
-@dramatiq.actor(queue_name=QUEUE, checkpointed=True, **RETRIES)
+@dramatiq.actor(queue_name=QUEUE, checkpointed=True, notify_shutdown=True, **RETRIES)
 def stepped(marker_path: str, steps: int, step_s: float) -> None:
     """``steps`` steps of ``step_s``, a checkpoint after each; records every start with its first step."""
     checkpoint = current_checkpoint()

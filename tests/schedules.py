@@ -24,7 +24,7 @@ def count_tick(kind: str) -> None:
     """Nothing to do: the tests count the messages the scheduler enqueued."""
 
 
-@dramatiq.actor(queue_name=STALLED_QUEUE, checkpointed=True, time_limit=120_000)
+@dramatiq.actor(queue_name=STALLED_QUEUE, checkpointed=True, notify_shutdown=True, time_limit=120_000)
 def resumable_steps(release_path: str, steps: int) -> None:
     """Saves step 0, then waits for ``release_path`` before each further step."""
     checkpoint = current_checkpoint()

@@ -3,13 +3,8 @@
 from alembic import context
 
 import actors.tables  # noqa: F401  (registers the actors' tables on the shared metadata)
-import middleware.checkpoints
-import middleware.dead_letters
-import middleware.idempotency
-import middleware.job_status
-import middleware.schedule_state
-import middleware.worker_health  # noqa: F401
-from middleware.database import metadata
+import middleware.storage.tables  # noqa: F401  (every table of the middleware)
+from middleware.storage.database import metadata
 
 database = context.config.attributes["database"]
 

@@ -3,7 +3,7 @@
 Every route under ``/api`` (and ``/openapi.json``) needs a bearer token; ``/healthz`` and the
 dashboard's page and static files carry no data and need none (the page asks for a token and
 sends it with each of its requests). The operations are those of ``python -m ops dlq`` and
-``jobs``: the same functions of ``middleware.dead_letter_store`` and ``middleware.job_status``.
+``jobs``: the same functions of ``middleware.operations.dead_letter_store`` and ``middleware.job_status``.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations at run
@@ -22,9 +22,9 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from actors.system import System
-from middleware import dead_letter_store as store
 from middleware import job_status
-from middleware.redaction import (
+from middleware.operations import dead_letter_store as store
+from middleware.policies.redaction import (
     positional_parameter_names,
     redact,
     redact_message,

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
-from middleware.database import as_utc
 from middleware.dead_letters import KINDS
 from middleware.job_status import STATUSES
+from middleware.storage.database import as_utc
 from ops.durations import moment
 
 

@@ -164,7 +164,7 @@ def run_chaos(chaos: Chaos, database_url: str, tmp_path: Path, *, jobs: int, rec
     engine.dispose()
     print("\n" + report.table())
     assert report.lost == [] and report.duplicated == 0
-    # A database outage must not spend attempts (middleware/database_outages.py): before it was
+    # A database outage must not spend attempts (middleware/storage/database_outages.py): before it was
     # handled, six 3 s cuts dead-lettered 39 of 40 queued jobs.
     assert all(kind.startswith("poison") for kind in report.dead_letter_kinds), report.dead_letter_kinds
     assert report.restarted_from_zero == [], "a job ran again from zero after its first checkpoint"

@@ -18,7 +18,7 @@ import httpx
 from sqlalchemy import create_engine, delete, select
 
 from middleware.job_status import job_status
-from middleware.schedule_state import schedule_state
+from middleware.storage.schedule_state import schedule_state
 from tests import harness
 from tests.harness import ROOT, free_port, process_env, redis_client, wait_until
 from tests.schedules import TICKS_QUEUE

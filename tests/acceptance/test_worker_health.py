@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from middleware.database import Database
+from middleware.storage.database import Database
 from middleware.worker_health import list_worker_heartbeats
 from tests.harness import WorkerProcess, free_port, run_ops, run_python, wait_until
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from middleware.database import Database
+from middleware.storage.database import Database
 
 
 @pytest.fixture

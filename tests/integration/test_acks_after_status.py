@@ -12,10 +12,10 @@ from sqlalchemy.engine import make_url
 
 from actors import redis_broker
 from actors.redis_broker import RedisBroker, _Consumer
-from middleware.database import Database
-from middleware.group_commit import Write
 from middleware.job_status import COMPLETED, JobStatus, get_job
-from middleware.status_writer import FINISH, RUN, StatusWriter
+from middleware.storage.database import Database
+from middleware.storage.group_commit import Write
+from middleware.storage.status_writer import FINISH, RUN, StatusWriter
 from tests import harness
 from tests.tcp_proxy import TcpProxy
 

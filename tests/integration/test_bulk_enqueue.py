@@ -11,10 +11,10 @@ from dramatiq import Worker
 from dramatiq.middleware import Middleware
 
 from actors.redis_broker import RedisBroker
-from middleware.bulk_enqueue import Call, send_many
-from middleware.database import Database
 from middleware.idempotency import DuplicateJob, Idempotency
 from middleware.job_status import JobStatus, count_jobs, get_job
+from middleware.operations.bulk_enqueue import Call, send_many
+from middleware.storage.database import Database
 from tests.harness import REDIS_TEST_URL
 
 

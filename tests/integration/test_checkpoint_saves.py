@@ -11,8 +11,8 @@ from sqlalchemy import insert, select
 
 from actors.tables import transcript_segments
 from middleware.checkpoints import Checkpoint, job_checkpoints
-from middleware.database import Database
 from middleware.job_status import PROCESSING, job_status
+from middleware.storage.database import Database
 
 
 def test_each_save_moves_the_position_and_progress_with_the_output(database_url: str) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from middleware.database import Database
-from middleware.database_outages import HAND_BACKS_OPTION, DatabaseOutages
+from middleware.storage.database import Database
+from middleware.storage.database_outages import HAND_BACKS_OPTION, DatabaseOutages
 from tests.harness import WorkerProcess, run_python, wait_until
 from tests.tcp_proxy import TcpProxy
 

@@ -13,7 +13,7 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 
 from middleware.heartbeats import HeartbeatKeeper, KeeperWatchdog, heartbeats_key, register, registry_key
-from middleware.poison_messages import HANDED_BACK
+from middleware.policies.poison_messages import HANDED_BACK
 from tests import harness
 
 

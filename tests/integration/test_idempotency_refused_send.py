@@ -18,10 +18,10 @@ from redis.retry import Retry
 from sqlalchemy import select
 
 from actors.redis_broker import RedisBroker
-from middleware.bulk_enqueue import Call, send_many
-from middleware.database import Database
 from middleware.idempotency import DuplicateJob, Idempotency, idempotency_keys
 from middleware.job_status import JobStatus
+from middleware.operations.bulk_enqueue import Call, send_many
+from middleware.storage.database import Database
 from tests import harness
 
 KEY = "invoice-42:reminder"

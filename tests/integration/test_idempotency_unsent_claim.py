@@ -20,10 +20,10 @@ from sqlalchemy import select, update
 from actors.broker import build_broker
 from actors.settings import Settings
 from actors.system import System
-from middleware.database import Database
 from middleware.idempotency import DEFAULT_UNSENT_AFTER_MS, idempotency_keys
 from middleware.job_status import COMPLETED, get_job
-from middleware.schedule_state import DUPLICATE, ENQUEUED, entry_state, record_tick
+from middleware.storage.database import Database
+from middleware.storage.schedule_state import DUPLICATE, ENQUEUED, entry_state, record_tick
 from scheduler.entries import Entry
 from scheduler.runner import TickRunner
 from tests import harness

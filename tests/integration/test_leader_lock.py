@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from middleware.database import Database
+from middleware.storage.database import Database
 from scheduler.leader import PostgresLeaderLock, current_leader
 
 

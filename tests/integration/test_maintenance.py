@@ -12,9 +12,9 @@ from pathlib import Path
 from sqlalchemy import create_engine, event, insert, select
 
 from middleware.checkpoints import job_checkpoints
-from middleware.database import PURGE_BATCH, Database
 from middleware.idempotency import idempotency_keys, purge_expired_keys
 from middleware.job_status import job_status, purge_finished_jobs
+from middleware.storage.database import PURGE_BATCH, Database
 from tests import harness
 from tests.harness import WorkerProcess, redis_client, run_python, wait_until
 from tests.schedules import STALLED_QUEUE

@@ -15,10 +15,10 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import create_engine, insert
 
-from middleware.database import Database, metadata
 from middleware.dead_letters import FATAL, insert_dead_letter
 from middleware.job_status import JobStatus, get_job
-from middleware.queue_stats import QueueStats, queue_stats
+from middleware.operations.queue_stats import QueueStats, queue_stats
+from middleware.storage.database import Database, metadata
 from middleware.worker_health import worker_heartbeats
 from tests.harness import REDIS_TEST_URL, run_ops, wait_until
 

@@ -76,8 +76,8 @@ def test_the_migrations_create_exactly_the_tables_the_code_declares(tmp_path: Pa
     from alembic.runtime.migration import MigrationContext
 
     import actors  # noqa: F401  (declares every table on the shared metadata)
-    import middleware.schedule_state  # noqa: F401  (the scheduler's table; the scheduler imports actors)
-    from middleware.database import metadata
+    import middleware.storage.schedule_state  # noqa: F401  (the scheduler's table; the scheduler imports actors)
+    from middleware.storage.database import metadata
 
     url = f"sqlite:///{tmp_path / 'migrated.sqlite3'}"
     result = run_ops({"DATABASE_URL": url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade")

@@ -22,12 +22,12 @@ from dramatiq.middleware import CurrentMessage
 from sqlalchemy import insert, select
 
 from middleware.checkpoints import job_checkpoints
-from middleware.database import Database
 from middleware.dead_letters import message_payload
 from middleware.job_status import COMPLETED, PROCESSING, JobStatus, count_jobs, get_job, job_status
-from middleware.poison_messages import HANDED_BACK
+from middleware.operations.stalled_jobs import sweep_stalled_jobs
+from middleware.policies.poison_messages import HANDED_BACK
 from middleware.retries import Retries
-from middleware.stalled_jobs import sweep_stalled_jobs
+from middleware.storage.database import Database
 from tests import harness
 
 QUEUE = "sweep"
@@ -113,7 +113,7 @@ def test_on_rabbitmq_stale_rows_are_reported_and_left_to_the_broker(
     message = dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={}, options={})
     insert_stale_processing_row(database, message.message_id)
     try:
-        with caplog.at_level(logging.INFO, logger="middleware.stalled_jobs"):
+        with caplog.at_level(logging.INFO, logger="middleware.operations.stalled_jobs"):
             report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
     finally:
         broker.close()

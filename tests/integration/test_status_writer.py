@@ -12,10 +12,19 @@ from dramatiq.middleware import TimeLimitExceeded
 from dramatiq.threading import raise_thread_exception
 from sqlalchemy import text
 
-from middleware.database import Database
-from middleware.group_commit import GroupCommit, Write
 from middleware.job_status import PROGRESS_UPSERT, get_job, progress_values
-from middleware.status_writer import ENQUEUE, FINISH, RUN, START, StatusWriter, finish_values, row_values, run_values
+from middleware.storage.database import Database
+from middleware.storage.group_commit import GroupCommit, Write
+from middleware.storage.status_writer import (
+    ENQUEUE,
+    FINISH,
+    RUN,
+    START,
+    StatusWriter,
+    finish_values,
+    row_values,
+    run_values,
+)
 from tests.harness import wait_until
 
 

@@ -21,7 +21,7 @@ from dramatiq.middleware import TimeLimitExceeded
 
 from actors.broker import build_middleware
 from actors.settings import Settings
-from middleware.database import Database
+from middleware.storage.database import Database
 from tests.harness import wait_until
 
 RUN_S = 8

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from middleware.database import Database
 from middleware.job_status import get_job
+from middleware.storage.database import Database
 from ops.recordings import make_long_recording
 from tests.harness import WorkerProcess, run_python, wait_until
 from tests.http_sink import HttpSink

@@ -12,13 +12,13 @@ from dramatiq.middleware import CurrentMessage, ShutdownNotifications, TimeLimit
 from sqlalchemy import Column, Integer, MetaData, String, Table, UniqueConstraint
 
 from middleware.checkpoints import Checkpoints
-from middleware.database import Database, metadata
 from middleware.dead_letters import DeadLetters
 from middleware.idempotency import Idempotency
 from middleware.job_logs import JobLogs
 from middleware.job_status import JobStatus
 from middleware.retries import Retries
 from middleware.routing import DurationRouting
+from middleware.storage.database import Database, metadata
 
 test_metadata = MetaData()
 outputs = Table(

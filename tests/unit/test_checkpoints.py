@@ -10,7 +10,7 @@ import dramatiq
 import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import Shutdown, TimeLimit
+from dramatiq.middleware import Shutdown, ShutdownNotifications, TimeLimit
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import OperationalError
 
@@ -24,11 +24,11 @@ from middleware.checkpoints import (
     current_checkpoint,
     job_checkpoints,
 )
-from middleware.database import Database
-from middleware.dead_letter_store import list_dead_letters
 from middleware.job_logs import EVENTS_LOGGER
 from middleware.job_status import COMPLETED, get_job
+from middleware.operations.dead_letter_store import list_dead_letters
 from middleware.routing import DurationRouting, RoutedActor
+from middleware.storage.database import Database
 from tests.harness import wait_until
 from tests.unit.conftest import outputs
 
@@ -61,7 +61,7 @@ def test_a_failed_job_resumes_after_its_last_saved_item(
 ) -> None:
     attempts: list[int] = []
 
-    @dramatiq.actor(broker=stub_broker, checkpointed=True, max_retries=3)
+    @dramatiq.actor(broker=stub_broker, checkpointed=True, notify_shutdown=True, max_retries=3)
     def job(name: str) -> None:
         # Fails at item 4 on the first run only.
         process_items(name, 8, fail_at=4 if 4 not in attempts else None, attempts=attempts)
@@ -81,7 +81,7 @@ def test_a_failed_job_resumes_after_its_last_saved_item(
 def test_output_and_checkpoint_commit_together_or_not_at_all(
     stub_broker: StubBroker, stub_worker: Worker, database: Database
 ) -> None:
-    @dramatiq.actor(broker=stub_broker, checkpointed=True, max_retries=0)
+    @dramatiq.actor(broker=stub_broker, checkpointed=True, notify_shutdown=True, max_retries=0)
     def job() -> None:
         checkpoint = current_checkpoint()
         with checkpoint.saving(0) as connection:
@@ -102,7 +102,9 @@ def test_output_and_checkpoint_commit_together_or_not_at_all(
 def test_completed_work_sent_again_is_skipped(stub_broker: StubBroker, stub_worker: Worker, database: Database) -> None:
     runs: list[str] = []
 
-    @dramatiq.actor(broker=stub_broker, checkpointed=True, checkpoint_key=lambda name: f"job:{name}")
+    @dramatiq.actor(
+        broker=stub_broker, checkpointed=True, notify_shutdown=True, checkpoint_key=lambda name: f"job:{name}"
+    )
     def job(name: str) -> None:
         runs.append(name)
         process_items(name, 3)
@@ -227,7 +229,9 @@ def test_a_second_message_for_running_work_waits_then_is_skipped_when_the_first_
     runs: list[str] = []
     may_finish = threading.Event()
 
-    @dramatiq.actor(broker=stub_broker, checkpointed=True, checkpoint_key=lambda name, tag: f"job:{name}")
+    @dramatiq.actor(
+        broker=stub_broker, checkpointed=True, notify_shutdown=True, checkpoint_key=lambda name, tag: f"job:{name}"
+    )
     def job(name: str, tag: str) -> None:
         runs.append(tag)
         checkpoint = current_checkpoint()
@@ -271,7 +275,7 @@ def test_a_time_limit_hands_the_job_back_to_continue_without_spending_a_retry(
     attempts: list[int] = []
 
     # max_retries=0: were an interruption counted as a failure, the job would be dead-lettered.
-    @dramatiq.actor(broker=stub_broker, checkpointed=True, max_retries=0, time_limit=1_000)
+    @dramatiq.actor(broker=stub_broker, checkpointed=True, notify_shutdown=True, max_retries=0, time_limit=1_000)
     def job() -> None:
         checkpoint = current_checkpoint()
         start = 0 if checkpoint.position is None else checkpoint.position + 1
@@ -324,15 +328,16 @@ def test_on_rabbitmq_boot_names_each_actor_that_may_outlive_the_consumer_timeout
 ) -> None:
     broker = StubBroker(middleware=[
         TimeLimit(time_limit=600_000),
+        ShutdownNotifications(),
         Checkpoints(database=database, hand_back_after_ms=1_440_000, consumer_timeout_ms=1_800_000),
         DurationRouting(large_threshold_ms=60_000, regular_time_limit_ms=5_000, large_time_limit_ms=7_200_000),
     ])  # fmt: skip
     declare = partial(dramatiq.actor, lambda: None, broker=broker)
     declare(actor_name="short_by_default")  # TimeLimit's 10 min
     declare(actor_name="hours_long", time_limit=3 * 3_600_000)
-    declare(actor_name="hours_long_checkpointed", time_limit=3 * 3_600_000, checkpointed=True)
+    declare(actor_name="hours_long_checkpointed", time_limit=3 * 3_600_000, checkpointed=True, notify_shutdown=True)
     declare(actor_name="routed", actor_class=RoutedActor)  # the large queue's 2 h
-    declare(actor_name="routed_checkpointed", actor_class=RoutedActor, checkpointed=True)
+    declare(actor_name="routed_checkpointed", actor_class=RoutedActor, checkpointed=True, notify_shutdown=True)
     with caplog.at_level(logging.WARNING, logger="middleware.checkpoints.Checkpoints"):
         broker.emit_after("worker_boot", None)
     broker.close()

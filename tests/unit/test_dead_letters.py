@@ -9,8 +9,8 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from middleware.database import Database
-from middleware.dead_letter_store import (
+from middleware.dead_letters import insert_dead_letter
+from middleware.operations.dead_letter_store import (
     DeadLetterNotFound,
     Filters,
     count_dead_letters,
@@ -23,8 +23,8 @@ from middleware.dead_letter_store import (
     resolve,
     stats,
 )
-from middleware.dead_letters import insert_dead_letter
-from middleware.error_classification import FatalError
+from middleware.policies.error_classification import FatalError
+from middleware.storage.database import Database
 from tests.harness import wait_until
 
 

@@ -14,9 +14,9 @@ from dramatiq.brokers.stub import StubBroker
 
 from actors.broker import build_middleware
 from actors.settings import Settings
-from middleware.database import Database
-from middleware.error_classification import FatalError
+from middleware.policies.error_classification import FatalError
 from middleware.retries import Retries
+from middleware.storage.database import Database
 
 
 def test_a_message_out_of_retries_is_sent_to_its_on_retry_exhausted_actor(

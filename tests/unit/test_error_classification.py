@@ -11,7 +11,7 @@ import pytest
 import requests
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
-from middleware.error_classification import ErrorKind, FatalError, classify_error, http_status_of
+from middleware.policies.error_classification import ErrorKind, FatalError, classify_error, http_status_of
 
 FATAL, RETRYABLE = ErrorKind.FATAL, ErrorKind.RETRYABLE
 

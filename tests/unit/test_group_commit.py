@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from middleware.group_commit import GroupCommit, Write
+from middleware.storage.group_commit import GroupCommit, Write
 from tests.harness import wait_until
 
 

@@ -19,12 +19,12 @@ import pytest
 from dramatiq.middleware import TimeLimitExceeded
 from dramatiq.threading import raise_thread_exception
 
-import middleware.group_commit
-from middleware.group_commit import GroupCommit, Write
+import middleware.storage.group_commit
+from middleware.storage.group_commit import GroupCommit, Write
 from tests.harness import wait_until
 from tests.unit.test_group_commit import Recorder
 
-GROUP_COMMIT_SOURCE = middleware.group_commit.__file__
+GROUP_COMMIT_SOURCE = middleware.storage.group_commit.__file__
 DEADLINE_S = 10
 
 

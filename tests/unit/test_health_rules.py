@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from actors.settings import Settings, SettingsError
-from middleware.queue_stats import QueueStats
+from middleware.operations.queue_stats import QueueStats
 from ops.health import HealthRules, evaluate
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

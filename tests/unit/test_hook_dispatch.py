@@ -9,7 +9,7 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, SkipMessage
 
-from middleware.hook_dispatch import DispatchesToImplementedHooks
+from middleware.brokers.hook_dispatch import DispatchesToImplementedHooks
 
 
 class DispatchingStubBroker(DispatchesToImplementedHooks, StubBroker):

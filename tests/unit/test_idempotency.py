@@ -10,9 +10,9 @@ from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import insert, update
 
-from middleware.database import Database
 from middleware.idempotency import DuplicateJob, idempotency_keys
 from middleware.job_status import get_job
+from middleware.storage.database import Database
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from dramatiq.middleware import TimeLimitExceeded
 from sqlalchemy import text
 
-from middleware.database import Database
+from middleware.storage.database import Database
 
 
 class InterruptedWhileBound:

@@ -14,8 +14,8 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import insert
 
 from middleware.checkpoints import current_checkpoint
-from middleware.error_classification import FatalError
 from middleware.job_logs import EVENTS_LOGGER, JsonEventFormatter
+from middleware.policies.error_classification import FatalError
 from tests.unit.conftest import outputs
 
 COMMON = {"event", "message_id", "actor", "queue", "timestamp"}
@@ -44,7 +44,7 @@ def drain(broker: StubBroker, worker: Worker) -> None:
 
 
 def test_a_successful_checkpointed_job(stub_broker: StubBroker, stub_worker: Worker, events: io.StringIO) -> None:
-    @dramatiq.actor(broker=stub_broker, checkpointed=True)
+    @dramatiq.actor(broker=stub_broker, checkpointed=True, notify_shutdown=True)
     def job() -> None:
         with current_checkpoint().saving(0) as connection:
             connection.execute(insert(outputs).values(job="logs", item=0))

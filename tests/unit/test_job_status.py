@@ -8,8 +8,8 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import insert, update
 
 from middleware.checkpoints import current_checkpoint
-from middleware.database import Database
 from middleware.job_status import get_job, job_status, list_jobs
+from middleware.storage.database import Database
 from tests.unit.conftest import outputs
 
 
@@ -64,7 +64,7 @@ def test_checkpointed_actors_report_progress_with_each_checkpoint(
 ) -> None:
     progress: list[float] = []
 
-    @dramatiq.actor(broker=stub_broker, checkpointed=True)
+    @dramatiq.actor(broker=stub_broker, checkpointed=True, notify_shutdown=True)
     def job() -> None:
         current = dramatiq.middleware.CurrentMessage.get_current_message()
         for item in range(4):

@@ -17,11 +17,11 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from middleware.checkpoints import current_checkpoint, job_checkpoints
-from middleware.database import Database
-from middleware.error_classification import FatalError
 from middleware.metrics import ENQUEUED_AT_OPTION, Metrics, initialize_counters
+from middleware.policies.error_classification import FatalError
 from middleware.retries import Retries
 from middleware.routing import RoutedActor
+from middleware.storage.database import Database
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_a_job_that_fails_for_good_counts_once_by_kind(
 def test_a_checkpointed_job_past_its_time_limit_is_interrupted_and_resumes(
     broker: StubBroker, worker: Worker, database: Database
 ) -> None:
-    @dramatiq.actor(broker=broker, actor_name="metrics_steps", checkpointed=True, time_limit=250)
+    @dramatiq.actor(broker=broker, actor_name="metrics_steps", checkpointed=True, notify_shutdown=True, time_limit=250)
     def steps() -> None:
         checkpoint = current_checkpoint()
         for step in range(0 if checkpoint.position is None else checkpoint.position + 1, 6):
@@ -147,7 +147,7 @@ def test_each_enqueue_stamps_the_start_of_the_wait(broker: StubBroker) -> None:
 
 
 def test_counters_exist_at_zero_before_the_first_job(broker: StubBroker) -> None:
-    @dramatiq.actor(broker=broker, actor_name="metrics_idle", checkpointed=True)
+    @dramatiq.actor(broker=broker, actor_name="metrics_idle", checkpointed=True, notify_shutdown=True)
     def idle() -> None:
         pass
 

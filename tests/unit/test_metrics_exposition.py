@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from middleware.metrics_directory import (
+from middleware.serving.metrics_directory import (
     MULTIPROC_VARIABLE,
     MetricsDirectoryError,
     instance_directory,
@@ -23,7 +23,7 @@ from middleware.metrics_directory import (
     process_start_ticks,
     use_metrics_directory,
 )
-from middleware.metrics_server import LiveProcessesCollector, MetricsPortTaken, MetricsServer, check_port_free
+from middleware.serving.metrics_server import LiveProcessesCollector, MetricsPortTaken, MetricsServer, check_port_free
 
 # A process of a worker deployment: one job in progress, three finished; it waits to be killed.
 WORKER_PROCESS = """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from middleware.redaction import REDACTED, redact, redact_message, scrub, scrub_deep, sensitive_values
+from middleware.policies.redaction import REDACTED, redact, redact_message, scrub, scrub_deep, sensitive_values
 
 FIELDS = ("email", "token", "password")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dramatiq
 import redis
 
-from middleware.reliable_enqueue import enqueue_until_accepted
+from middleware.brokers.reliable_enqueue import enqueue_until_accepted
 
 
 class FlakyBroker:

@@ -7,7 +7,7 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from middleware.retry_policies import EMAILS, ORDERS, PAYMENTS, RetryPolicy
+from middleware.policies.retry_policies import EMAILS, ORDERS, PAYMENTS, RetryPolicy
 
 
 @pytest.mark.parametrize(

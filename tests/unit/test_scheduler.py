@@ -11,9 +11,9 @@ from dramatiq.brokers.stub import StubBroker
 
 from actors.settings import Settings
 from actors.system import System
-from middleware.database import Database
 from middleware.job_status import get_job, job_status
-from middleware.schedule_state import DUPLICATE, ENQUEUED, MISSED, RAN, entry_state, record_tick
+from middleware.storage.database import Database
+from middleware.storage.schedule_state import DUPLICATE, ENQUEUED, MISSED, RAN, entry_state, record_tick
 from scheduler.entries import Entry, ScheduleError, load_schedule, validate
 from scheduler.leader import FileLeaderLock, current_leader, lock_file_path
 from scheduler.runner import TickRunner

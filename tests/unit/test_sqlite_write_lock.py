@@ -7,10 +7,10 @@ import sys
 import threading
 from datetime import UTC, datetime
 
-from middleware.database import Database
-from middleware.group_commit import Write
 from middleware.job_status import get_job
-from middleware.status_writer import ENQUEUE, StatusWriter, row_values
+from middleware.storage.database import Database
+from middleware.storage.group_commit import Write
+from middleware.storage.status_writer import ENQUEUE, StatusWriter, row_values
 
 HOLD_THE_LOCK = """
 import fcntl, os, sys

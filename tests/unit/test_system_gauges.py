@@ -8,9 +8,9 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from prometheus_client import CollectorRegistry
 
-from middleware.database import Database
-from middleware.queue_stats import QueueStats
-from middleware.system_gauges import SystemSnapshot, metric_families, refresh_system_gauges
+from middleware.monitoring.system_gauges import SystemSnapshot, metric_families, refresh_system_gauges
+from middleware.operations.queue_stats import QueueStats
+from middleware.storage.database import Database
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

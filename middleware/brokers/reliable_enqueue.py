@@ -15,7 +15,7 @@ import dramatiq
 import redis
 from dramatiq.errors import BrokerConnectionError
 
-logger = logging.getLogger("middleware.reliable_enqueue")
+logger = logging.getLogger("middleware.brokers.reliable_enqueue")
 
 _CONNECTION_ERRORS = (BrokerConnectionError, redis.ConnectionError, redis.TimeoutError)
 MAX_PAUSE_S = 5.0

@@ -36,7 +36,7 @@ from dramatiq.middleware import MiddlewareError
 
 from middleware.idempotency import settle_refused_sends
 
-logger = logging.getLogger("middleware.bulk_enqueue")
+logger = logging.getLogger("middleware.operations.bulk_enqueue")
 
 DEFAULT_CHUNK_SIZE = 500
 

@@ -20,12 +20,12 @@ from dramatiq.common import xq_name
 from dramatiq.errors import DecodeError
 from sqlalchemy import case, delete, func, select, update
 
-from middleware.database import Database, delete_in_batches
+from middleware.brokers.redis_keys import bodies_key
 from middleware.dead_letters import FATAL, KINDS, RETRYABLE, dead_letters, insert_dead_letter, message_payload
-from middleware.queue_stats import redis_queue_names
-from middleware.redis_keys import bodies_key
+from middleware.operations.queue_stats import redis_queue_names
+from middleware.storage.database import Database, delete_in_batches
 
-logger = logging.getLogger("middleware.dead_letter_store")
+logger = logging.getLogger("middleware.operations.dead_letter_store")
 
 #: Dead letters read, looked up and recorded together by reconcile.
 RECONCILE_PAGE = 1_000

@@ -11,32 +11,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, String, Table, Text, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from middleware.database import Database, as_utc, metadata
-from middleware.job_status import job_status
+from middleware.storage.database import Database, as_utc
+from middleware.storage.tables import job_status, schedule_state
 
 #: What happened to a tick: its message was enqueued; another fire had already enqueued it (its
 #: idempotency key was taken); its task ran in the scheduler; it was too late (past the misfire
 #: grace time); enqueueing or the task failed.
 ENQUEUED, DUPLICATE, RAN, MISSED, ERROR = "enqueued", "duplicate", "ran", "missed", "error"
 OUTCOMES = (ENQUEUED, DUPLICATE, RAN, MISSED, ERROR)
-
-schedule_state = Table(
-    "schedule_state",
-    metadata,
-    Column("entry", String(100), primary_key=True),
-    Column("last_scheduled_for", DateTime(timezone=True), nullable=False),
-    Column("last_fired_at", DateTime(timezone=True), nullable=False),
-    Column("last_outcome", String(16), nullable=False),
-    #: The message of the last tick (for a duplicate: the message that already held the tick).
-    Column("last_message_id", String(64), nullable=True),
-    #: The error of a failed tick, how late a missed one was, or what a task reported.
-    Column("last_error", Text, nullable=True),
-    #: host:pid of the scheduler that handled the last tick.
-    Column("fired_by", String(255), nullable=False),
-)
 
 
 def record_tick(

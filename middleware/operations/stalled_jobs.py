@@ -36,14 +36,14 @@ from dramatiq.common import dq_name, q_name, xq_name
 from dramatiq.encoder import JSONEncoder
 from sqlalchemy import select, update
 
+from middleware.brokers.redis_keys import bodies_key
 from middleware.checkpoints import job_checkpoints
-from middleware.database import Database
 from middleware.job_logs import emit_event
 from middleware.job_status import FAILED, PROCESSING, job_status
-from middleware.poison_messages import HANDED_BACK
-from middleware.redis_keys import bodies_key
+from middleware.policies.poison_messages import HANDED_BACK
+from middleware.storage.database import Database
 
-logger = logging.getLogger("middleware.stalled_jobs")
+logger = logging.getLogger("middleware.operations.stalled_jobs")
 
 #: Options of the lost delivery, not of the job: the broker sets them again on enqueue.
 _DELIVERY_OPTIONS = ("redis_message_id", "eta")

@@ -36,10 +36,10 @@ from dramatiq.common import dq_name, q_name, xq_name
 from dramatiq.errors import BrokerConnectionError, DecodeError
 from sqlalchemy import exists, func, select
 
-from middleware.database import Database, as_utc
+from middleware.brokers.redis_keys import bodies_key
 from middleware.dead_letters import dead_letters
 from middleware.job_status import QUEUED, job_status
-from middleware.redis_keys import bodies_key
+from middleware.storage.database import Database, as_utc
 from middleware.worker_health import DEFAULT_STALE_AFTER_MS, is_live, list_worker_heartbeats
 
 

@@ -23,10 +23,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from sqlalchemy import func, select
 
-from middleware.database import Database
 from middleware.job_logs import emit_event
 from middleware.job_status import FAILED, job_status
-from middleware.queue_stats import QueueStats, queue_stats
+from middleware.operations.queue_stats import QueueStats, queue_stats
+from middleware.storage.database import Database
 from middleware.worker_health import list_worker_heartbeats, queues_served
 
 JOBS_WAITING_WITHOUT_WORKER = "jobs_waiting_without_worker"

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from middleware.errors import FatalError
+
 FATAL_HTTP_STATUSES = frozenset({400, 401, 403, 404, 409, 410, 422})
 RETRYABLE_HTTP_STATUSES = frozenset({408, 425, 429})
 _RETRYABLE_CLASS_NAMES = frozenset({
@@ -31,10 +33,6 @@ _RETRYABLE_CLASS_NAMES = frozenset({
     "RemoteProtocolError",
     "ConnectionError", "Timeout",  # requests (its ConnectionError is not the builtin one)
 })  # fmt: skip
-
-
-class FatalError(Exception):
-    """Raise (or subclass) to fail a job at once: it is dead-lettered, never retried."""
 
 
 class ErrorKind(StrEnum):

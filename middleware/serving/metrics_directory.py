@@ -27,7 +27,7 @@ import socket
 import sys
 from pathlib import Path
 
-logger = logging.getLogger("middleware.metrics_directory")
+logger = logging.getLogger("middleware.serving.metrics_directory")
 
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 

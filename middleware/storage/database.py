@@ -40,7 +40,7 @@ metadata = MetaData(
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
-logger = logging.getLogger("middleware.database")
+logger = logging.getLogger("middleware.storage.database")
 
 
 class Database:

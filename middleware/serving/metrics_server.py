@@ -11,7 +11,7 @@
 3. :func:`check_port_free` lets each worker process refuse to start when the port is held by
    another program, before it takes a message (the server itself starts later, in a fork).
 
-Import only after ``PROMETHEUS_MULTIPROC_DIR`` is set (see ``middleware.metrics_directory``).
+Import only after ``PROMETHEUS_MULTIPROC_DIR`` is set (see ``middleware.serving.metrics_directory``).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from middleware.processes import process_alive
+from middleware.serving.processes import process_alive
 
-logger = logging.getLogger("middleware.metrics_server")
+logger = logging.getLogger("middleware.serving.metrics_server")
 
 _PID_OF_FILE = re.compile(r"_(\d+)\.db$")
 

@@ -34,9 +34,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from sqlalchemy import func, select
 
-from middleware.database import Database
 from middleware.dead_letters import KINDS, dead_letters
-from middleware.queue_stats import QueueStats, queue_stats
+from middleware.operations.queue_stats import QueueStats, queue_stats
+from middleware.storage.database import Database
 from middleware.worker_health import DEFAULT_STALE_AFTER_MS, is_live, list_worker_heartbeats
 
 QUEUE_STATES = ("waiting", "delayed", "in_progress", "dead")

@@ -7,7 +7,7 @@ and result objects, against 15 us in the driver (profiled: ``bench/README.md``).
 
 1. Each process holds one DBAPI connection for status writes, taken from the engine (so its
    connect-time settings apply: SQLite's WAL and busy timeout) and detached from the pool.
-   A group commit (``middleware.group_commit``) serializes the transactions on it.
+   A group commit (``middleware.storage.group_commit``) serializes the transactions on it.
 2. The statements are plain SQL, the same on SQLite and PostgreSQL but for the
    placeholder; ``test_job_status`` reads what they write through the SQLAlchemy table.
 3. A transaction that fails rolls back; a connection that failed (the server went away) is
@@ -28,9 +28,9 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from middleware.database import Database
-from middleware.group_commit import Write
-from middleware.sqlite_write_lock import SqliteWriteLock
+from middleware.storage.database import Database
+from middleware.storage.group_commit import Write
+from middleware.storage.sqlite_write_lock import SqliteWriteLock
 
 ENQUEUE, START, FINISH, RUN = "enqueue", "start", "finish", "run"
 

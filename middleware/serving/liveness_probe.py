@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-logger = logging.getLogger("middleware.liveness_probe.LivenessServer")
+logger = logging.getLogger("middleware.serving.liveness_probe.LivenessServer")
 
 PATH = "/healthz"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from middleware.error_classification import Classification
+from middleware.policies.error_classification import Classification
 
 
 @dataclass(frozen=True)

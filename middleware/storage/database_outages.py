@@ -23,9 +23,9 @@ import dramatiq
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from middleware.database import Database
+from middleware.storage.database import Database
 
-logger = logging.getLogger("middleware.database_outages.DatabaseOutages")
+logger = logging.getLogger("middleware.storage.database_outages.DatabaseOutages")
 
 HAND_BACKS_OPTION = "database_outage_hand_backs"
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-logger = logging.getLogger("middleware.group_commit.GroupCommit")
+logger = logging.getLogger("middleware.storage.group_commit.GroupCommit")
 
 #: The longest the flusher sleeps without being woken, so that a lost wake costs at most this.
 LOST_WAKE_CHECK_S = 0.5
