@@ -56,7 +56,7 @@ from dramatiq.results import backends as result_backends_  # noqa: E402
 
 from actors.broker import build_broker, build_middleware  # noqa: E402
 from actors.settings import Settings  # noqa: E402
-from middleware.database import Database  # noqa: E402
+from middleware.storage.database import Database  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(threadName)s] [%(name)s] [%(levelname)s] %(message)s")
 logging.getLogger("pika").setLevel(logging.WARNING)
