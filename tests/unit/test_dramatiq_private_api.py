@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import uuid
 from pathlib import Path
 
 import dramatiq
 import dramatiq.brokers.redis
 import dramatiq.worker
 from dramatiq.broker import Broker, MessageProxy
+from dramatiq.brokers.redis import RedisBroker as DramatiqRedisBroker
 from dramatiq.brokers.redis import _RedisConsumer
 
 from actors.redis_broker import _ACK_MANY, _Consumer
+from middleware.brokers.redis_keys import bodies_key, unacked_key
+from tests import harness
 
 
 def fingerprint(source: str) -> str:
@@ -76,3 +80,20 @@ def test_a_message_proxy_keeps_the_exception_stuffed_into_it_as_message_exceptio
     error = ValueError("the job failed")
     proxy.stuff_exception(error)
     assert proxy._exception is error
+
+
+def test_the_redis_key_layout_we_name_is_where_dramatiq_keeps_bodies_and_unacked_ids() -> None:
+    namespace = f"rjtest-keys-{uuid.uuid4().hex[:8]}"
+    broker = DramatiqRedisBroker(url=harness.REDIS_TEST_URL, namespace=namespace)
+    try:
+        broker.declare_queue("layout")
+        message = broker.enqueue(dramatiq.Message(queue_name="layout", actor_name="a", args=(), kwargs={}, options={}))
+        redis_message_id = message.options["redis_message_id"]
+        assert broker.client.hexists(bodies_key(broker, "layout"), redis_message_id)
+        consumer = broker.consume("layout", prefetch=1, timeout=100)
+        assert next(consumer) is not None
+        assert broker.client.sismember(unacked_key(broker, broker.broker_id, "layout"), redis_message_id)
+        consumer.close()
+    finally:
+        broker.close()
+        harness.delete_redis_namespace(namespace)
