@@ -34,6 +34,6 @@ configure_job_logs()
 
 # Actor modules are imported only now, after the broker is set: an actor declared earlier would
 # silently get a default broker of Dramatiq's own.
-from actors import maintenance, notifications, transcription  # noqa: E402
+from actors import exports, maintenance, notifications, transcription  # noqa: E402
 
-__all__ = ["broker", "maintenance", "notifications", "system", "transcription"]
+__all__ = ["broker", "exports", "maintenance", "notifications", "system", "transcription"]

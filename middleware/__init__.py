@@ -8,6 +8,7 @@ else lives in a sub-package named for what it holds, lowest layer first:
 - ``storage``: the database, every SQL table, the group commit and the status writer;
 - ``brokers``: Dramatiq's Redis key layout, reliable enqueue, hook dispatch;
 - ``serving``: the liveness probe and the metrics endpoint;
+- ``resumable``: ``CheckpointedActor``, a long job as ``build_items`` and ``each_item``;
 - ``operations``: queue statistics, the stalled-job sweep, the dead-letter store, bulk sends;
 - ``monitoring``: system gauges and alert checks.
 
@@ -25,6 +26,7 @@ from typing import Any
 #: imports nothing else: ``prometheus_client`` must not be imported before ``actors`` has set up
 #: the metrics directory.
 _EXPORTS = {
+    "CheckpointedActor": "middleware.resumable.checkpointed_actor",
     "current_checkpoint": "middleware.checkpoints",
     "Checkpoint": "middleware.checkpoints",
     "RoutedActor": "middleware.routing",

@@ -34,7 +34,7 @@ LAYERS = (
     {"storage"},
     {"brokers", "serving"},
     {""},
-    {"operations"},
+    {"operations", "resumable"},
     {"monitoring"},
 )
 
