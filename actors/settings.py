@@ -6,12 +6,14 @@ message that names the variable, says what is wrong and how to fix it.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -24,6 +26,58 @@ DEFAULT_SENSITIVE_FIELDS = ("email", "token", "password", "secret", "api_key", "
 ADMIN_TOKEN_MIN_LENGTH = 16
 
 
+def setting(
+    env: str, default: Any, *, minimum: int | None = None, maximum: int | None = None,
+    read: Callable[[_Environment, str, Any], Any] | None = None, shown_default: str | None = None,
+) -> Any:
+    """A field of :class:`Settings` read from the variable ``env``: its default and its bounds, declared
+    once (``Settings.from_env`` reads it, ``configuration_reference`` documents it). ``read`` parses
+    a value that is more than a number, a flag or a text."""
+    metadata = {"env": env, "minimum": minimum, "maximum": maximum, "read": read, "shown_default": shown_default}
+    return field(default=default, metadata=metadata)
+
+
+def _read(env: _Environment, each: Field) -> Any:
+    name, default, metadata = each.metadata["env"], each.default, each.metadata
+    if metadata["read"] is not None:
+        return metadata["read"](env, name, default)
+    if isinstance(default, bool):
+        return env.boolean(name, default)
+    if isinstance(default, int):
+        return env.integer(name, default, minimum=metadata["minimum"], maximum=metadata["maximum"])
+    if isinstance(default, float):
+        return env.fraction(name, default)
+    return env.text(name, default) or default
+
+
+def _read_engine_name(env: _Environment, name: str, default: str) -> str:
+    return env.choice(name, default, set(ENGINE_NAMES))
+
+
+def _read_tokens(env: _Environment, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    return _admin_tokens(env, name)
+
+
+def _read_sensitive_fields(env: _Environment, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    return _sensitive_fields(env)
+
+
+def _read_schedule_module(env: _Environment, name: str, default: str) -> str:
+    return _schedule_module(env.text(name, default))
+
+
+def _read_bind_address(env: _Environment, name: str, default: str) -> str:
+    return _bind_address(env, name)
+
+
+def _read_optional_path(env: _Environment, name: str, default: None) -> Path | None:
+    return _optional_path(env.text(name, ""))
+
+
+def _read_sentry_dsn(env: _Environment, name: str, default: None) -> str | None:
+    return _sentry_dsn(env.text(name, "") or None)
+
+
 class SettingsError(ValueError):
     """A setting from the environment is invalid; the message says how to fix it."""
 
@@ -31,94 +85,97 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     #: ``redis://``, ``rediss://``, ``unix://`` or ``amqp://``; None means the embedded Redis.
-    broker_url: str | None
+    broker_url: str | None = setting("BROKER_URL", MISSING, shown_default="the embedded Redis")
     #: Any SQLAlchemy URL; PostgreSQL URLs are normalised to the psycopg 3 driver.
-    database_url: str
-    state_dir: Path
+    database_url: str = setting("DATABASE_URL", MISSING, shown_default="sqlite:///STATE_DIR/jobs.sqlite3")
+    state_dir: Path = setting("STATE_DIR", MISSING, shown_default="./var")
     #: Key prefix of every Redis key the broker writes, so several systems can share one Redis.
-    redis_namespace: str = "dramatiq"
+    redis_namespace: str = setting("REDIS_NAMESPACE", "dramatiq")
     #: The liveness window: a Redis worker whose heartbeat is older than this is dead, and its
     #: unacked messages are handed back (explicit heartbeats come from a process of their own).
-    redis_heartbeat_timeout_ms: int = 4_000
+    redis_heartbeat_timeout_ms: int = setting("REDIS_HEARTBEAT_TIMEOUT_MS", 4_000, minimum=2_000)
     #: Out of a million broker commands, how many also run Dramatiq's hand-back by chance; the
     #: heartbeat process already runs it every second, so 0 by default.
-    redis_maintenance_chance: int = 0
-    transcription_engine: str = "pocketsphinx"
-    transcription_segment_ms: int = 30_000
+    redis_maintenance_chance: int = setting("REDIS_MAINTENANCE_CHANCE", 0, minimum=0, maximum=1_000_000)
+    transcription_engine: str = setting("TRANSCRIPTION_ENGINE", "pocketsphinx", read=_read_engine_name)
+    transcription_segment_ms: int = setting("TRANSCRIPTION_SEGMENT_MS", 30_000, minimum=1_000)
     #: Recordings longer than this go to the large queue.
-    large_threshold_ms: int = 40 * MINUTE_MS
-    regular_time_limit_ms: int = 20 * MINUTE_MS
-    large_time_limit_ms: int = 180 * MINUTE_MS
+    large_threshold_ms: int = setting("LARGE_THRESHOLD_MS", 40 * MINUTE_MS, minimum=1)
+    regular_time_limit_ms: int = setting("REGULAR_TIME_LIMIT_MS", 20 * MINUTE_MS, minimum=1_000)
+    large_time_limit_ms: int = setting("LARGE_TIME_LIMIT_MS", 180 * MINUTE_MS, minimum=1_000)
     #: Deliveries whose worker died, after which a message is dead-lettered as poison.
-    max_deliveries: int = 5
+    max_deliveries: int = setting("MAX_DELIVERIES", 5, minimum=1)
     #: How long a completed job keeps its idempotency key.
-    idempotency_ttl_ms: int = 24 * 60 * MINUTE_MS
+    idempotency_ttl_ms: int = setting("IDEMPOTENCY_TTL_MS", 24 * 60 * MINUTE_MS, minimum=1_000)
     #: How old a key's claim must be, with no job and no message on Redis, to count as never sent.
-    idempotency_unsent_after_ms: int = MINUTE_MS
+    idempotency_unsent_after_ms: int = setting("IDEMPOTENCY_UNSENT_AFTER_MS", MINUTE_MS, minimum=1_000)
     #: Bearer tokens of the admin API: read-write, and read-only (these can read but change nothing).
-    admin_tokens: tuple[str, ...] = ()
-    admin_readonly_tokens: tuple[str, ...] = ()
-    admin_bind: str = "127.0.0.1"
-    admin_port: int = 8080
+    admin_tokens: tuple[str, ...] = setting("ADMIN_TOKENS", (), read=_read_tokens)
+    admin_readonly_tokens: tuple[str, ...] = setting("ADMIN_READONLY_TOKENS", (), read=_read_tokens)
+    admin_bind: str = setting("ADMIN_BIND", "127.0.0.1")
+    admin_port: int = setting("ADMIN_PORT", 8080, minimum=1, maximum=65_535)
     #: Requeues through the admin API: at most this many messages per call, and per token per minute.
-    admin_requeue_max_per_call: int = 100
-    admin_requeue_per_minute: int = 300
+    admin_requeue_max_per_call: int = setting("ADMIN_REQUEUE_MAX_PER_CALL", 100, minimum=1, maximum=10_000)
+    admin_requeue_per_minute: int = setting("ADMIN_REQUEUE_PER_MINUTE", 300, minimum=1)
     #: Keys whose values are redacted wherever a job's payload is shown (case-insensitive, substrings).
-    sensitive_fields: tuple[str, ...] = DEFAULT_SENSITIVE_FIELDS
+    sensitive_fields: tuple[str, ...] = setting(
+        "SENSITIVE_FIELDS", DEFAULT_SENSITIVE_FIELDS, read=_read_sensitive_fields
+    )
     #: RabbitMQ's ``consumer_timeout`` (its default: 30 min). A checkpointed job hands its message
     #: back at its first checkpoint after 80 % of it, before RabbitMQ would redeliver it mid-run.
-    rabbitmq_consumer_timeout_ms: int = 30 * MINUTE_MS
+    rabbitmq_consumer_timeout_ms: int = setting("RABBITMQ_CONSUMER_TIMEOUT_MS", 30 * MINUTE_MS, minimum=1_000)
     #: A checkpoint's lease (middleware/checkpoints.py) holds this long without a save against a
     #: delivery of another message for the same work, which waits meanwhile.
-    checkpoint_lease_ms: int = 10 * MINUTE_MS
+    checkpoint_lease_ms: int = setting("CHECKPOINT_LEASE_MS", 10 * MINUTE_MS, minimum=1_000)
     #: Worker health (middleware/worker_health.py, ops/health.py): each worker process writes its
     #: heartbeat row this often; one older than the stale limit is a dead or hung worker; rows of
     #: workers silent for the forget limit are deleted.
-    worker_heartbeat_interval_ms: int = 5_000
-    worker_stale_after_ms: int = 30_000
-    worker_forget_after_ms: int = 10 * MINUTE_MS
+    worker_heartbeat_interval_ms: int = setting("WORKER_HEARTBEAT_INTERVAL_MS", 5_000, minimum=100)
+    worker_stale_after_ms: int = setting("WORKER_STALE_AFTER_MS", 30_000, minimum=200)
+    worker_forget_after_ms: int = setting("WORKER_FORGET_AFTER_MS", 10 * MINUTE_MS, minimum=1_000)
     #: A worker is unhealthy when more than this fraction of its jobs failed over the window,
     #: judged once it has finished at least health_failure_min_jobs jobs in it.
-    health_failure_rate: float = 0.05
-    health_failure_window_ms: int = 10 * MINUTE_MS
-    health_failure_min_jobs: int = 20
+    health_failure_rate: float = setting("HEALTH_FAILURE_RATE", 0.05)
+    health_failure_window_ms: int = setting("HEALTH_FAILURE_WINDOW_MS", 10 * MINUTE_MS, minimum=1_000)
+    health_failure_min_jobs: int = setting("HEALTH_FAILURE_MIN_JOBS", 20, minimum=1)
     #: ... or when none of its jobs has succeeded for this long while messages wait on its queues
     #: and more than health_idle_min_errors jobs failed since its last success.
-    health_idle_after_ms: int = 5 * MINUTE_MS
-    health_idle_min_errors: int = 5
+    health_idle_after_ms: int = setting("HEALTH_IDLE_AFTER_MS", 5 * MINUTE_MS, minimum=1_000)
+    health_idle_min_errors: int = setting("HEALTH_IDLE_MIN_ERRORS", 5, minimum=0)
     #: Liveness probe (GET /healthz) of each worker process: 0 is off; process k of a dramatiq
     #: master listens on port + k.
-    worker_health_port: int = 0
-    worker_health_bind: str = "127.0.0.1"
+    worker_health_port: int = setting("WORKER_HEALTH_PORT", 0, minimum=0, maximum=65_535)
+    worker_health_bind: str = setting("WORKER_HEALTH_BIND", "127.0.0.1")
     #: The scheduler (python -m scheduler): where its entries are declared ("module" or "module:ATTRIBUTE",
     #: default attribute SCHEDULE); how late a tick may still be enqueued; whether ticks missed in a row
     #: are enqueued once (coalesce) or each; how often a standby tries to become leader.
-    schedule_module: str = "scheduler.schedule"
-    scheduler_misfire_grace_ms: int = MINUTE_MS
-    scheduler_coalesce: bool = True
-    scheduler_leader_retry_ms: int = 1_000
+    schedule_module: str = setting("SCHEDULE_MODULE", "scheduler.schedule", read=_read_schedule_module)
+    scheduler_misfire_grace_ms: int = setting("SCHEDULER_MISFIRE_GRACE_MS", MINUTE_MS, minimum=1_000)
+    scheduler_coalesce: bool = setting("SCHEDULER_COALESCE", True)
+    scheduler_leader_retry_ms: int = setting("SCHEDULER_LEADER_RETRY_MS", 1_000, minimum=100, maximum=60_000)
     #: Each scheduler replica serves its metrics (leader or not, ticks, and on the leader the system
     #: gauges and alerts of its tasks) on METRICS_BIND:SCHEDULER_METRICS_PORT; 0 serves none.
-    scheduler_metrics_port: int = 0
+    scheduler_metrics_port: int = setting("SCHEDULER_METRICS_PORT", 0, minimum=0, maximum=65_535)
     #: Maintenance (actors/maintenance.py): resolved dead letters and finished jobs' status rows older
     #: than this are deleted; a job processing this long with its message in no queue is stalled.
-    dead_letter_retention_days: int = 30
-    job_status_retention_days: int = 7
-    stalled_job_after_ms: int = 10 * MINUTE_MS
+    dead_letter_retention_days: int = setting("DEAD_LETTER_RETENTION_DAYS", 30, minimum=1)
+    job_status_retention_days: int = setting("JOB_STATUS_RETENTION_DAYS", 7, minimum=1)
+    stalled_job_after_ms: int = setting("STALLED_JOB_AFTER_MS", 10 * MINUTE_MS, minimum=1_000)
     #: Alert checks: more failed jobs than the threshold within the window raises an alert.
-    alert_failed_jobs_threshold: int = 10
-    alert_failed_jobs_window_ms: int = 60 * MINUTE_MS
+    alert_failed_jobs_threshold: int = setting("ALERT_FAILED_JOBS_THRESHOLD", 10, minimum=0)
+    alert_failed_jobs_window_ms: int = setting("ALERT_FAILED_JOBS_WINDOW_MS", 60 * MINUTE_MS, minimum=1_000)
     #: Prometheus metrics of a worker deployment (one endpoint per dramatiq master, or per
     #: python -m ops workers): 0 serves none. metrics_dir is the multiprocess directory its
     #: processes share; None picks one per instance under STATE_DIR/metrics.
-    metrics_port: int = 0
-    metrics_bind: str = "127.0.0.1"
-    metrics_dir: Path | None = None
+    metrics_port: int = setting("METRICS_PORT", 0, minimum=0, maximum=65_535)
+    metrics_bind: str = setting("METRICS_BIND", "127.0.0.1", read=_read_bind_address)
+    metrics_dir: Path | None = setting("METRICS_DIR", None, read=_read_optional_path)
     #: python -m ops exporter: queue depths, dead letters, worker heartbeats, for the whole system.
-    ops_metrics_port: int = 9192
+    ops_metrics_port: int = setting("OPS_METRICS_PORT", 9192, minimum=1, maximum=65_535)
     #: Sentry: events only for a job's final failure (fatal errors included); None is off.
-    sentry_dsn: str | None = None
-    sentry_environment: str = "production"
+    sentry_dsn: str | None = setting("SENTRY_DSN", None, read=_read_sentry_dsn)
+    sentry_environment: str = setting("SENTRY_ENVIRONMENT", "production")
+
 
     @property
     def rabbitmq_hand_back_after_ms(self) -> int:
@@ -127,59 +184,17 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = _Environment(os.environ if environ is None else environ)
+        # The three the others depend on; every other setting is read as its field declares it.
         state_dir = Path(env.text("STATE_DIR", "./var")).expanduser().resolve()
-        default_database = f"sqlite:///{state_dir / 'jobs.sqlite3'}"
-        settings = cls(
-            broker_url=_broker_url(env.text("BROKER_URL", "") or None),
-            database_url=_database_url(env.text("DATABASE_URL", "") or default_database),
-            state_dir=state_dir,
-            redis_namespace=env.text("REDIS_NAMESPACE", "dramatiq"),
-            redis_heartbeat_timeout_ms=env.integer("REDIS_HEARTBEAT_TIMEOUT_MS", 4_000, minimum=2_000),
-            redis_maintenance_chance=env.integer("REDIS_MAINTENANCE_CHANCE", 0, minimum=0, maximum=1_000_000),
-            transcription_engine=env.choice("TRANSCRIPTION_ENGINE", "pocketsphinx", set(ENGINE_NAMES)),
-            transcription_segment_ms=env.integer("TRANSCRIPTION_SEGMENT_MS", 30_000, minimum=1_000),
-            large_threshold_ms=env.integer("LARGE_THRESHOLD_MS", 40 * MINUTE_MS, minimum=1),
-            regular_time_limit_ms=env.integer("REGULAR_TIME_LIMIT_MS", 20 * MINUTE_MS, minimum=1_000),
-            large_time_limit_ms=env.integer("LARGE_TIME_LIMIT_MS", 180 * MINUTE_MS, minimum=1_000),
-            max_deliveries=env.integer("MAX_DELIVERIES", 5, minimum=1),
-            idempotency_ttl_ms=env.integer("IDEMPOTENCY_TTL_MS", 24 * 60 * MINUTE_MS, minimum=1_000),
-            idempotency_unsent_after_ms=env.integer("IDEMPOTENCY_UNSENT_AFTER_MS", MINUTE_MS, minimum=1_000),
-            checkpoint_lease_ms=env.integer("CHECKPOINT_LEASE_MS", 10 * MINUTE_MS, minimum=1_000),
-            admin_tokens=_admin_tokens(env, "ADMIN_TOKENS"),
-            admin_readonly_tokens=_admin_tokens(env, "ADMIN_READONLY_TOKENS"),
-            admin_bind=env.text("ADMIN_BIND", "127.0.0.1"),
-            admin_port=env.integer("ADMIN_PORT", 8080, minimum=1, maximum=65_535),
-            admin_requeue_max_per_call=env.integer("ADMIN_REQUEUE_MAX_PER_CALL", 100, minimum=1, maximum=10_000),
-            admin_requeue_per_minute=env.integer("ADMIN_REQUEUE_PER_MINUTE", 300, minimum=1),
-            sensitive_fields=_sensitive_fields(env),
-            rabbitmq_consumer_timeout_ms=env.integer("RABBITMQ_CONSUMER_TIMEOUT_MS", 30 * MINUTE_MS, minimum=1_000),
-            worker_heartbeat_interval_ms=env.integer("WORKER_HEARTBEAT_INTERVAL_MS", 5_000, minimum=100),
-            worker_stale_after_ms=env.integer("WORKER_STALE_AFTER_MS", 30_000, minimum=200),
-            worker_forget_after_ms=env.integer("WORKER_FORGET_AFTER_MS", 10 * MINUTE_MS, minimum=1_000),
-            health_failure_rate=env.fraction("HEALTH_FAILURE_RATE", 0.05),
-            health_failure_window_ms=env.integer("HEALTH_FAILURE_WINDOW_MS", 10 * MINUTE_MS, minimum=1_000),
-            health_failure_min_jobs=env.integer("HEALTH_FAILURE_MIN_JOBS", 20, minimum=1),
-            health_idle_after_ms=env.integer("HEALTH_IDLE_AFTER_MS", 5 * MINUTE_MS, minimum=1_000),
-            health_idle_min_errors=env.integer("HEALTH_IDLE_MIN_ERRORS", 5, minimum=0),
-            worker_health_port=env.integer("WORKER_HEALTH_PORT", 0, minimum=0, maximum=65_535),
-            worker_health_bind=env.text("WORKER_HEALTH_BIND", "127.0.0.1") or "127.0.0.1",
-            schedule_module=_schedule_module(env.text("SCHEDULE_MODULE", "scheduler.schedule")),
-            scheduler_misfire_grace_ms=env.integer("SCHEDULER_MISFIRE_GRACE_MS", MINUTE_MS, minimum=1_000),
-            scheduler_coalesce=env.boolean("SCHEDULER_COALESCE", True),
-            scheduler_leader_retry_ms=env.integer("SCHEDULER_LEADER_RETRY_MS", 1_000, minimum=100, maximum=60_000),
-            scheduler_metrics_port=env.integer("SCHEDULER_METRICS_PORT", 0, minimum=0, maximum=65_535),
-            dead_letter_retention_days=env.integer("DEAD_LETTER_RETENTION_DAYS", 30, minimum=1),
-            job_status_retention_days=env.integer("JOB_STATUS_RETENTION_DAYS", 7, minimum=1),
-            stalled_job_after_ms=env.integer("STALLED_JOB_AFTER_MS", 10 * MINUTE_MS, minimum=1_000),
-            alert_failed_jobs_threshold=env.integer("ALERT_FAILED_JOBS_THRESHOLD", 10, minimum=0),
-            alert_failed_jobs_window_ms=env.integer("ALERT_FAILED_JOBS_WINDOW_MS", 60 * MINUTE_MS, minimum=1_000),
-            metrics_port=env.integer("METRICS_PORT", 0, minimum=0, maximum=65_535),
-            metrics_bind=_bind_address(env, "METRICS_BIND"),
-            metrics_dir=_optional_path(env.text("METRICS_DIR", "")),
-            ops_metrics_port=env.integer("OPS_METRICS_PORT", 9192, minimum=1, maximum=65_535),
-            sentry_dsn=_sentry_dsn(env.text("SENTRY_DSN", "") or None),
-            sentry_environment=env.text("SENTRY_ENVIRONMENT", "production") or "production",
-        )
+        values: dict[str, Any] = {
+            "state_dir": state_dir,
+            "broker_url": _broker_url(env.text("BROKER_URL", "") or None),
+            "database_url": _database_url(env.text("DATABASE_URL", "") or f"sqlite:///{state_dir / 'jobs.sqlite3'}"),
+        }
+        for each in fields(cls):
+            if each.name not in values:
+                values[each.name] = _read(env, each)
+        settings = cls(**values)
         if shared := set(settings.admin_tokens) & set(settings.admin_readonly_tokens):
             raise SettingsError(
                 f"{len(shared)} token(s) are in both ADMIN_TOKENS and ADMIN_READONLY_TOKENS; a token is either "
@@ -361,3 +376,76 @@ def _database_url(value: str) -> str:
             f"DATABASE_URL uses {url.get_backend_name()!r}; supported databases are PostgreSQL and SQLite."
         )
     return url.render_as_string(hide_password=False)
+
+
+def variable_names() -> tuple[str, ...]:
+    """Every environment variable :meth:`Settings.from_env` reads, in declaration order."""
+    return tuple(each.metadata["env"] for each in fields(Settings))
+
+
+def configuration_reference() -> str:
+    """``docs/configuration.md``: every setting, from its one declaration (a test keeps the file equal)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `actors/settings.py`, where each setting is declared once: its variable, default",
+        "and bounds. `tests/unit/test_settings_declared_once.py` fails when this page and the code differ",
+        "(`UPDATE_DOCS=1` on that test rewrites the page). Every variable is checked when a process",
+        "starts: a bad value stops it with exit code 2 and a message naming the variable. Durations are",
+        "in milliseconds (`_MS`).",
+    ]
+    for description, group in _documented_groups():
+        lines += ["", description, "", "| variable | default | allowed |", "| --- | --- | --- |"]
+        for each in group:
+            lines.append(f"| `{each.metadata['env']}` | {_shown_default(each)} | {_allowed(each)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _documented_groups() -> list[tuple[str, list[Field]]]:
+    """The fields in declaration order, grouped under the ``#:`` comment that precedes them."""
+    by_name = {each.name: each for each in fields(Settings)}
+    groups: list[tuple[str, list[Field]]] = []
+    comment: list[str] = []
+    for line in inspect.getsource(Settings).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            comment.append(stripped[2:].strip())
+            continue
+        name = stripped.split(":", 1)[0]
+        if name in by_name:
+            if comment or not groups:
+                description = " ".join(comment).replace("``", "`")
+                groups.append((description or "The broker, the database and the state directory.", []))
+                comment = []
+            groups[-1][1].append(by_name[name])
+        elif stripped.startswith(("def ", "@property", "@classmethod")):
+            break
+    return groups
+
+
+def _shown_default(each: Field) -> str:
+    if each.metadata["shown_default"] is not None:
+        return each.metadata["shown_default"]
+    default = each.default
+    if default is None or default == ():
+        return "unset"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, tuple):
+        return f"`{','.join(default)}`"
+    if isinstance(default, int):
+        return f"`{default}`"
+    return f"`{default}`"
+
+
+def _allowed(each: Field) -> str:
+    minimum, maximum = each.metadata["minimum"], each.metadata["maximum"]
+    if minimum is not None:
+        return f"{minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+    if isinstance(each.default, bool):
+        return "true or false"
+    if isinstance(each.default, float):
+        return "a fraction from 0 to 1"
+    if each.metadata["read"] is _read_engine_name:
+        return " or ".join(f"`{name}`" for name in sorted(ENGINE_NAMES))
+    return "see the description"

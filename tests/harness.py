@@ -16,6 +16,8 @@ from typing import TypeVar
 import redis
 from sqlalchemy import create_engine, text
 
+from actors.settings import variable_names
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -55,23 +57,8 @@ def process_env(overrides: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-_SYSTEM_SETTINGS = {
-    "BROKER_URL", "DATABASE_URL", "STATE_DIR", "REDIS_NAMESPACE", "REDIS_HEARTBEAT_TIMEOUT_MS",
-    "REDIS_MAINTENANCE_CHANCE", "TRANSCRIPTION_ENGINE", "TRANSCRIPTION_SEGMENT_MS", "LARGE_THRESHOLD_MS",
-    "REGULAR_TIME_LIMIT_MS", "LARGE_TIME_LIMIT_MS", "MAX_DELIVERIES", "IDEMPOTENCY_TTL_MS",
-    "IDEMPOTENCY_UNSENT_AFTER_MS",
-    "ADMIN_TOKENS", "ADMIN_READONLY_TOKENS", "ADMIN_BIND", "ADMIN_PORT", "ADMIN_REQUEUE_MAX_PER_CALL",
-    "ADMIN_REQUEUE_PER_MINUTE", "SENSITIVE_FIELDS",
-    "RABBITMQ_CONSUMER_TIMEOUT_MS",
-    "WORKER_HEARTBEAT_INTERVAL_MS", "WORKER_STALE_AFTER_MS", "WORKER_FORGET_AFTER_MS", "HEALTH_FAILURE_RATE",
-    "HEALTH_FAILURE_WINDOW_MS", "HEALTH_FAILURE_MIN_JOBS", "HEALTH_IDLE_AFTER_MS", "HEALTH_IDLE_MIN_ERRORS",
-    "WORKER_HEALTH_PORT", "WORKER_HEALTH_BIND",
-    "SCHEDULE_MODULE", "SCHEDULER_MISFIRE_GRACE_MS", "SCHEDULER_COALESCE", "SCHEDULER_LEADER_RETRY_MS",
-    "SCHEDULER_METRICS_PORT",
-    "DEAD_LETTER_RETENTION_DAYS", "JOB_STATUS_RETENTION_DAYS", "STALLED_JOB_AFTER_MS", "ALERT_FAILED_JOBS_THRESHOLD",
-    "ALERT_FAILED_JOBS_WINDOW_MS",
-    "METRICS_PORT", "METRICS_BIND", "METRICS_DIR", "OPS_METRICS_PORT", "SENTRY_DSN", "SENTRY_ENVIRONMENT",
-}  # fmt: skip
+#: Every variable the settings read: a test's process gets only those the test sets.
+_SYSTEM_SETTINGS = set(variable_names())
 
 
 def run_python(env: Mapping[str, str], code: str, *, timeout_s: float = 60) -> subprocess.CompletedProcess:
