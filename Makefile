@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := espeak-ng sox chromium prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test compat lint setup system-packages services clean
+.PHONY: demo test compat docs lint setup system-packages services clean
 
 setup: $(STAMP) system-packages
 
@@ -35,9 +35,13 @@ services: $(STAMP)
 demo: setup
 	$(PY) -m ops.demo
 
-test: setup services
+test: setup services docs
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# The guide (docs/pages/), built strictly: a broken link or anchor, or a page missing from nav, fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -f docs/mkdocs.yml
 
 # Dramatiq's own test suite against our middleware stack (tests/dramatiq_compat/, about 6 min):
 # its own step in CI (.ci/run), beside the suite's ten minutes.

@@ -88,6 +88,7 @@ class Settings:
     broker_url: str | None = setting("BROKER_URL", MISSING, shown_default="the embedded Redis")
     #: Any SQLAlchemy URL; PostgreSQL URLs are normalised to the psycopg 3 driver.
     database_url: str = setting("DATABASE_URL", MISSING, shown_default="sqlite:///STATE_DIR/jobs.sqlite3")
+    #: Where the embedded Redis keeps its socket and data, and SQLite its file.
     state_dir: Path = setting("STATE_DIR", MISSING, shown_default="./var")
     #: Key prefix of every Redis key the broker writes, so several systems can share one Redis.
     redis_namespace: str = setting("REDIS_NAMESPACE", "dramatiq")
@@ -97,9 +98,12 @@ class Settings:
     #: Out of a million broker commands, how many also run Dramatiq's hand-back by chance; the
     #: heartbeat process already runs it every second, so 0 by default.
     redis_maintenance_chance: int = setting("REDIS_MAINTENANCE_CHANCE", 0, minimum=0, maximum=1_000_000)
+    #: The speech-to-text engine (``echo`` is a fast stand-in for tests), and the length of the
+    #: segments a recording is cut into (saved with each job's checkpoint).
     transcription_engine: str = setting("TRANSCRIPTION_ENGINE", "pocketsphinx", read=_read_engine_name)
     transcription_segment_ms: int = setting("TRANSCRIPTION_SEGMENT_MS", 30_000, minimum=1_000)
-    #: Recordings longer than this go to the large queue.
+    #: Routing by duration: recordings longer than LARGE_THRESHOLD_MS go to ``transcription-large``;
+    #: the messages of each queue get its time limit.
     large_threshold_ms: int = setting("LARGE_THRESHOLD_MS", 40 * MINUTE_MS, minimum=1)
     regular_time_limit_ms: int = setting("REGULAR_TIME_LIMIT_MS", 20 * MINUTE_MS, minimum=1_000)
     large_time_limit_ms: int = setting("LARGE_TIME_LIMIT_MS", 180 * MINUTE_MS, minimum=1_000)
@@ -112,6 +116,7 @@ class Settings:
     #: Bearer tokens of the admin API: read-write, and read-only (these can read but change nothing).
     admin_tokens: tuple[str, ...] = setting("ADMIN_TOKENS", (), read=_read_tokens)
     admin_readonly_tokens: tuple[str, ...] = setting("ADMIN_READONLY_TOKENS", (), read=_read_tokens)
+    #: Where ``python -m ops serve`` listens.
     admin_bind: str = setting("ADMIN_BIND", "127.0.0.1")
     admin_port: int = setting("ADMIN_PORT", 8080, minimum=1, maximum=65_535)
     #: Requeues through the admin API: at most this many messages per call, and per token per minute.
@@ -384,7 +389,7 @@ def variable_names() -> tuple[str, ...]:
 
 
 def configuration_reference() -> str:
-    """``docs/configuration.md``: every setting, from its one declaration (a test keeps the file equal)."""
+    """``docs/pages/configuration.md``: every setting, from its one declaration (a test keeps the file equal)."""
     lines = [
         "# Configuration reference",
         "",

@@ -5,7 +5,7 @@
    with a token, resolves one dead letter with notes, requeues another (the worker then runs it,
    and this time the server answers 200), and requeues the last through "requeue all matching"
    and its confirmation. The page and the database must both show each change.
-3. The screenshots it takes are the README's (docs/screenshots/), rewritten with
+3. The screenshots it takes are the operations guide's (docs/pages/images/screenshots/), rewritten with
    ``UPDATE_SCREENSHOTS=1 .venv/bin/python -m pytest tests/acceptance/test_dashboard.py``.
 """
 
@@ -32,7 +32,7 @@ from tests.integration.test_admin_api import answers
 
 TOKEN = "dashboard-test-token-0123456789"
 #: Rewritten only on request (UPDATE_SCREENSHOTS=1), so that a test run leaves the checkout as it was.
-README_SCREENSHOTS = ROOT / "docs" / "screenshots"
+GUIDE_SCREENSHOTS = ROOT / "docs" / "pages" / "images" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
@@ -111,13 +111,13 @@ def fail_three_webhooks(env: dict[str, str], sink: HttpSink) -> None:
 
 @pytest.fixture
 def screenshots(tmp_path: Path) -> Path:
-    directory = README_SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path / "screenshots"
+    directory = GUIDE_SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path / "screenshots"
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 
 
 def screenshot(page: Page, directory: Path, name: str) -> None:
-    """A full-page screenshot for the README, with this machine's directories left out of the traceback
+    """A full-page screenshot for the operations guide, with this machine's directories left out of the traceback
     (the screenshots are committed; the assertions above ran on the page as served)."""
     page.evaluate(
         """([prefixes, pane]) => { const node = document.querySelector(pane); if (node)

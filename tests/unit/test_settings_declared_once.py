@@ -1,5 +1,5 @@
 """Each setting is declared once, in ``actors/settings.py`` (its variable, default and bounds), and the
-configuration reference (``docs/configuration.md``) is generated from that declaration."""
+configuration reference (``docs/pages/configuration.md``) is generated from that declaration."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from actors.settings import Settings, configuration_reference, variable_names
 from tests import harness
 
-REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "pages" / "configuration.md"
 
 
 def test_every_field_is_read_from_one_variable_of_its_own() -> None:
@@ -29,7 +29,7 @@ def test_the_configuration_reference_is_generated_from_the_declarations() -> Non
     generated = configuration_reference()
     if os.environ.get("UPDATE_DOCS"):
         REFERENCE.write_text(generated)
-    assert REFERENCE.read_text() == generated, "docs/configuration.md is stale: run this test with UPDATE_DOCS=1"
+    assert REFERENCE.read_text() == generated, "docs/pages/configuration.md is stale: run this test with UPDATE_DOCS=1"
     for name in variable_names():
         assert f"| `{name}` |" in generated
 
