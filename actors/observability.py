@@ -31,9 +31,11 @@ def configure_observability(settings: Settings) -> None:
     # Only workers run jobs, so only they report; an app keeps whatever Sentry set-up it has.
     if settings.sentry_dsn is not None and is_dramatiq_process():
         init_error_reporting(
-            settings.sentry_dsn, environment=settings.sentry_environment, release=_release(),
+            settings.sentry_dsn,
+            environment=settings.sentry_environment,
+            release=_release(),
             sensitive_fields=settings.sensitive_fields,
-        )  # fmt: skip
+        )
 
 
 def worker_metrics_directory(settings: Settings) -> Path | None:

@@ -96,8 +96,13 @@ class _Consumer(_RedisConsumer):
                     self._ack_many(keys=[acks, bodies], args=redis_message_ids)
                     return
                 except redis.ConnectionError as error:
-                    logger.warning("Could not ack %d messages on %r (%s); trying again in %s s.", len(messages),
-                                   self.queue_name, error, ACK_RETRY_DELAY_S)  # fmt: skip
+                    logger.warning(
+                        "Could not ack %d messages on %r (%s); trying again in %s s.",
+                        len(messages),
+                        self.queue_name,
+                        error,
+                        ACK_RETRY_DELAY_S,
+                    )
                     time.sleep(ACK_RETRY_DELAY_S)  # Redis is down: nothing to wait on
         finally:
             with self._acks_sent:
@@ -109,8 +114,12 @@ class _Consumer(_RedisConsumer):
     def close(self) -> None:
         with self._acks_sent:
             if not self._acks_sent.wait_for(lambda: self._deferred_acks == 0, timeout=CLOSE_TIMEOUT_S):
-                logger.error("%d acks on %r were not sent within %.0f s; their messages will run again.",
-                             self._deferred_acks, self.queue_name, CLOSE_TIMEOUT_S)  # fmt: skip
+                logger.error(
+                    "%d acks on %r were not sent within %.0f s; their messages will run again.",
+                    self._deferred_acks,
+                    self.queue_name,
+                    CLOSE_TIMEOUT_S,
+                )
         super().close()
 
     def __next__(self):
@@ -128,8 +137,14 @@ class _Consumer(_RedisConsumer):
         for redis_message_id, body in zip(unacked, bodies, strict=True):
             if body == data:
                 broker.do_nack(self.queue_name, redis_message_id.decode())
-                logger.error("Moved malformed message %s on %r to its dead-letter queue.",
-                             redis_message_id.decode(), self.queue_name)  # fmt: skip
+                logger.error(
+                    "Moved malformed message %s on %r to its dead-letter queue.",
+                    redis_message_id.decode(),
+                    self.queue_name,
+                )
                 return
-        logger.error("A malformed message on %r could not be found among the unacked ones; it will come back "
-                     "when this worker stops.", self.queue_name)  # fmt: skip
+        logger.error(
+            "A malformed message on %r could not be found among the unacked ones; it will come back "
+            "when this worker stops.",
+            self.queue_name,
+        )

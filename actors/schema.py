@@ -58,8 +58,10 @@ def newer_than_code(current: set[str]) -> str | None:
     unknown = unknown_revisions(current)
     if not unknown:
         return None
-    return (f"the database is at schema {', '.join(sorted(unknown))}, {schema_state(current)}: a newer release "
-            "upgraded it; run that release here.")  # fmt: skip
+    return (
+        f"the database is at schema {', '.join(sorted(unknown))}, {schema_state(current)}: a newer release "
+        "upgraded it; run that release here."
+    )
 
 
 def current_revisions(database: Database) -> set[str]:

@@ -27,8 +27,13 @@ ADMIN_TOKEN_MIN_LENGTH = 16
 
 
 def setting(
-    env: str, default: Any, *, minimum: int | None = None, maximum: int | None = None,
-    read: Callable[[_Environment, str, Any], Any] | None = None, shown_default: str | None = None,
+    env: str,
+    default: Any,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    read: Callable[[_Environment, str, Any], Any] | None = None,
+    shown_default: str | None = None,
 ) -> Any:
     """A field of :class:`Settings` read from the variable ``env``: its default and its bounds, declared
     once (``Settings.from_env`` reads it, ``configuration_reference`` documents it). ``read`` parses
@@ -180,7 +185,6 @@ class Settings:
     #: Sentry: events only for a job's final failure (fatal errors included); None is off.
     sentry_dsn: str | None = setting("SENTRY_DSN", None, read=_read_sentry_dsn)
     sentry_environment: str = setting("SENTRY_ENVIRONMENT", "production")
-
 
     @property
     def rabbitmq_hand_back_after_ms(self) -> int:

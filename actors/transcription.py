@@ -77,8 +77,11 @@ def transcribe(
     engine = _engine(settings.transcription_engine)
     logger.info(
         "Transcribing meeting %s: %d segments of %d ms, starting at segment %d.",
-        meeting_id, len(bounds), segment_ms, next_idx,
-    )  # fmt: skip
+        meeting_id,
+        len(bounds),
+        segment_ms,
+        next_idx,
+    )
     for idx in range(next_idx, len(bounds)):
         start_ms, end_ms = bounds[idx]
         text = engine.transcribe(recording.pcm(start_ms, end_ms), sample_rate=recording.sample_rate)

@@ -45,10 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         database_url = postgres_url or f"sqlite:///{scratch / 'bench.sqlite3'}"
         bare = Dramatiq(BARE, "bench.bare_actors", scratch, settings=settings)
         stacks = [
-            Dramatiq(name, "bench.stack_actors", scratch, database_url=database_url, settings=settings,
-                     without=() if name == FULL else tuple(name.split(",")))
+            Dramatiq(
+                name,
+                "bench.stack_actors",
+                scratch,
+                database_url=database_url,
+                settings=settings,
+                without=() if name == FULL else tuple(name.split(",")),
+            )
             for name in dict.fromkeys(args.stacks)
-        ]  # fmt: skip
+        ]
         _migrate(stacks[0])
         known = set(_stack_middleware(stacks[0]))
         unknown = sorted({name for stack in stacks for name in stack.without} - known)
@@ -60,14 +66,19 @@ def main(argv: list[str] | None = None) -> int:
                 for system in [bare, *stacks]:
                     log = scratch / f"{_slug(system.name)}-{round_number}.log"
                     rates[system.name].append(_drain(system, args.jobs, log))
-                    print(f"round {round_number + 1}: {system.name:<32} {rates[system.name][-1]:7.0f}/s",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                    print(
+                        f"round {round_number + 1}: {system.name:<32} {rates[system.name][-1]:7.0f}/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         finally:
             for system in [bare, *stacks]:
                 system.cleanup()
     baseline = statistics.median(rates[BARE])
-    print(f"{args.jobs} no-op jobs, {args.rounds} rounds, {settings.processes} x {settings.threads}, "
-          f"prefetch {settings.prefetch}, {args.database}; median (min-max), vs bare Dramatiq")  # fmt: skip
+    print(
+        f"{args.jobs} no-op jobs, {args.rounds} rounds, {settings.processes} x {settings.threads}, "
+        f"prefetch {settings.prefetch}, {args.database}; median (min-max), vs bare Dramatiq"
+    )
     for name, values in rates.items():
         label = name if name in (BARE, FULL) else f"without {name}"
         median = statistics.median(values)

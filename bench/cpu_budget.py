@@ -38,26 +38,41 @@ def main(argv: list[str] | None = None) -> int:
     settings = WorkerSettings(processes=SHORT_JOBS.workers, threads=SHORT_JOBS.threads, prefetch=SHORT_JOBS.prefetch)
     with tempfile.TemporaryDirectory(prefix="bench-cpu-budget-") as scratch_name:
         scratch = Path(scratch_name)
-        systems = {burn: Dramatiq(f"burn {burn} us", "bench.burn_actors", scratch, settings=settings,
-                                  extra_env={"BENCH_BURN_US": str(burn)}) for burn in burns}  # fmt: skip
+        systems = {
+            burn: Dramatiq(
+                f"burn {burn} us",
+                "bench.burn_actors",
+                scratch,
+                settings=settings,
+                extra_env={"BENCH_BURN_US": str(burn)},
+            )
+            for burn in burns
+        }
         rates: dict[int, list[float]] = {burn: [] for burn in burns}
         try:
             for round_number in range(args.rounds):
                 for burn, system in systems.items():
                     rates[burn].append(_drain(system, args.jobs, scratch / f"burn-{burn}-{round_number}.log"))
-                    print(f"round {round_number + 1}: {system.name:<14} {rates[burn][-1]:7.0f}/s", file=sys.stderr,
-                          flush=True)  # fmt: skip
+                    print(
+                        f"round {round_number + 1}: {system.name:<14} {rates[burn][-1]:7.0f}/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         finally:
             for system in systems.values():
                 system.cleanup()
     baseline = statistics.median(rates[0])
-    print(f"{args.jobs} no-op jobs, {args.rounds} rounds, {settings.processes} x {settings.threads}, prefetch "
-          f"{settings.prefetch}; median (min-max), vs no burn, and the extra worker CPU per job implied")  # fmt: skip
+    print(
+        f"{args.jobs} no-op jobs, {args.rounds} rounds, {settings.processes} x {settings.threads}, prefetch "
+        f"{settings.prefetch}; median (min-max), vs no burn, and the extra worker CPU per job implied"
+    )
     for burn, values in rates.items():
         median = statistics.median(values)
         implied_us = settings.processes * 1e6 * (1 / median - 1 / baseline)
-        print(f"  burn {burn:>4} us  {median:7.0f}/s ({min(values):.0f}-{max(values):.0f})  {median / baseline:5.2f}"
-              f"  implied {implied_us:+6.0f} us")  # fmt: skip
+        print(
+            f"  burn {burn:>4} us  {median:7.0f}/s ({min(values):.0f}-{max(values):.0f})  {median / baseline:5.2f}"
+            f"  implied {implied_us:+6.0f} us"
+        )
     return 0
 
 

@@ -31,8 +31,13 @@ def main(argv: list[str] | None = None) -> int:
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-mw-"))
     database_name = None
-    os.environ.update({"STATE_DIR": str(scratch), "BROKER_URL": "redis://127.0.0.1:6379/14",
-                       "REDIS_NAMESPACE": f"bench-mw-{uuid.uuid4().hex[:8]}"})  # fmt: skip
+    os.environ.update(
+        {
+            "STATE_DIR": str(scratch),
+            "BROKER_URL": "redis://127.0.0.1:6379/14",
+            "REDIS_NAMESPACE": f"bench-mw-{uuid.uuid4().hex[:8]}",
+        }
+    )
     if args.database == "postgresql":
         from sqlalchemy import create_engine, text
 

@@ -49,23 +49,35 @@ def render(
     ]
     for name in systems:
         cells = [
-            _cell(results, "noop.enqueue", name, "/s"), _cell(results, "noop.bulk_enqueue", name, "/s"),
-            _cell(results, "noop.drain", name, "/s"), _ratio(results, "noop.drain", name),
-            _cell(results, "io.drain", name, "/s"), _ratio(results, "io.drain", name),
-            _cell(results, "noop.rss", name, " MiB"), _ratio(results, "noop.rss", name),
-        ]  # fmt: skip
+            _cell(results, "noop.enqueue", name, "/s"),
+            _cell(results, "noop.bulk_enqueue", name, "/s"),
+            _cell(results, "noop.drain", name, "/s"),
+            _ratio(results, "noop.drain", name),
+            _cell(results, "io.drain", name, "/s"),
+            _ratio(results, "io.drain", name),
+            _cell(results, "noop.rss", name, " MiB"),
+            _ratio(results, "noop.rss", name),
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "| checkpoint write (one segment row + the checkpoint, one transaction) | p50 | p99 |",
-              "| --- | --- | --- |"]  # fmt: skip
+    lines += [
+        "",
+        "| checkpoint write (one segment row + the checkpoint, one transaction) | p50 | p99 |",
+        "| --- | --- | --- |",
+    ]
     for name in STACKS:
-        lines.append(f"| {name.removeprefix('stack, ')} | {_cell(results, 'checkpoint.p50', name, ' ms', 2)} "
-                     f"| {_cell(results, 'checkpoint.p99', name, ' ms', 2)} |")  # fmt: skip
+        lines.append(
+            f"| {name.removeprefix('stack, ')} | {_cell(results, 'checkpoint.p50', name, ' ms', 2)} "
+            f"| {_cell(results, 'checkpoint.p99', name, ' ms', 2)} |"
+        )
     recovery = results.values.get("recovery_s", {}).get(SQLITE)
     if recovery:
         took = _cell(results, "recovery_s", SQLITE, " s", 1)
-        lines += ["", f"Crash recovery (Redis, SIGKILL of the worker running a job, another worker idle, the default "
-                      f"liveness window, REDIS_HEARTBEAT_TIMEOUT_MS): the job started again after {took} "
-                      f"({len(recovery)} runs)."]  # fmt: skip
+        lines += [
+            "",
+            f"Crash recovery (Redis, SIGKILL of the worker running a job, another worker idle, the default "
+            f"liveness window, REDIS_HEARTBEAT_TIMEOUT_MS): the job started again after {took} "
+            f"({len(recovery)} runs).",
+        ]
     if peer_versions:
         lines += ["", "Peers: " + ", ".join(f"{name} {version}" for name, version in sorted(peer_versions.items()))]
     lines += ["", "| target | result | |", "| --- | --- | --- |", *_targets(results, settings)]
@@ -80,24 +92,49 @@ def _targets(results: Results, settings: WorkerSettings) -> list[str]:
     for name in STACKS:
         drain = results.median("noop.drain", name)
         if drain and bare:
-            rows.append(_target(f"{name}: no-op drain >= {DRAIN_RATIO_MIN} x bare Dramatiq",
-                                f"{drain / bare:.2f} x", drain / bare >= DRAIN_RATIO_MIN))  # fmt: skip
+            rows.append(
+                _target(
+                    f"{name}: no-op drain >= {DRAIN_RATIO_MIN} x bare Dramatiq",
+                    f"{drain / bare:.2f} x",
+                    drain / bare >= DRAIN_RATIO_MIN,
+                )
+            )
         if drain and celery:
-            rows.append(_target(f"{name}: no-op drain >= {CELERY_RATIO_MIN:.0f} x Celery",
-                                f"{drain / celery:.1f} x", drain / celery >= CELERY_RATIO_MIN))  # fmt: skip
+            rows.append(
+                _target(
+                    f"{name}: no-op drain >= {CELERY_RATIO_MIN:.0f} x Celery",
+                    f"{drain / celery:.1f} x",
+                    drain / celery >= CELERY_RATIO_MIN,
+                )
+            )
         p99 = results.median("checkpoint.p99", name)
         if p99 is not None:
-            rows.append(_target(f"{name}: checkpoint write p99 < {CHECKPOINT_P99_MAX_MS:.0f} ms",
-                                f"{p99:.2f} ms", p99 < CHECKPOINT_P99_MAX_MS))  # fmt: skip
+            rows.append(
+                _target(
+                    f"{name}: checkpoint write p99 < {CHECKPOINT_P99_MAX_MS:.0f} ms",
+                    f"{p99:.2f} ms",
+                    p99 < CHECKPOINT_P99_MAX_MS,
+                )
+            )
         rss = results.median("noop.rss", name)
         if rss and bare_rss:
-            rows.append(_target(f"{name}: worker RSS <= {RSS_RATIO_MAX} x bare Dramatiq's",
-                                f"{rss / bare_rss:.2f} x", rss / bare_rss <= RSS_RATIO_MAX))  # fmt: skip
+            rows.append(
+                _target(
+                    f"{name}: worker RSS <= {RSS_RATIO_MAX} x bare Dramatiq's",
+                    f"{rss / bare_rss:.2f} x",
+                    rss / bare_rss <= RSS_RATIO_MAX,
+                )
+            )
         if drain:
-            rows.append(_target(
-                f"{name}: default settings ({settings.processes} x {settings.threads}, prefetch {settings.prefetch}) "
-                f">= {DEFAULT_SETTINGS_MIN_RATE:,} no-op jobs/s", f"{drain:,.0f}/s", drain >= DEFAULT_SETTINGS_MIN_RATE,
-            ))  # fmt: skip
+            rows.append(
+                _target(
+                    f"{name}: default settings ({settings.processes} x {settings.threads}, "
+                    f"prefetch {settings.prefetch}) "
+                    f">= {DEFAULT_SETTINGS_MIN_RATE:,} no-op jobs/s",
+                    f"{drain:,.0f}/s",
+                    drain >= DEFAULT_SETTINGS_MIN_RATE,
+                )
+            )
     return rows
 
 

@@ -163,8 +163,12 @@ def _drain_round(system, workload: str, jobs: int, sizes: Sizes, results: Result
     finally:
         workers.stop()
         system.cleanup()
-    print(f"bench: {workload:<5} round {round_number + 1}: {system.name:<18} enqueue {enqueue_rate:7.0f}/s  "
-          f"drain {drain.rate:7.0f}/s ({jobs} jobs)", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"bench: {workload:<5} round {round_number + 1}: {system.name:<18} enqueue {enqueue_rate:7.0f}/s  "
+        f"drain {drain.rate:7.0f}/s ({jobs} jobs)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _checkpoint_round(system: Dramatiq, segments: int, results: Results, scratch: Path, round_number: int) -> None:
@@ -182,8 +186,12 @@ def _checkpoint_round(system: Dramatiq, segments: int, results: Results, scratch
     latencies = sorted(json.loads(report.read_text()))
     results.add("checkpoint.p50", system.name, _percentile(latencies, 50))
     results.add("checkpoint.p99", system.name, _percentile(latencies, 99))
-    print(f"bench: checkpoints round {round_number + 1}: {system.name:<18} p50 {_percentile(latencies, 50):.2f} ms  "
-          f"p99 {_percentile(latencies, 99):.2f} ms", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"bench: checkpoints round {round_number + 1}: {system.name:<18} p50 {_percentile(latencies, 50):.2f} ms  "
+        f"p99 {_percentile(latencies, 99):.2f} ms",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _recovery_round(system: Dramatiq, results: Results, scratch: Path, attempt: int) -> None:
@@ -207,8 +215,11 @@ def _recovery_round(system: Dramatiq, results: Results, scratch: Path, attempt: 
             workers.stop()
         system.cleanup()
     results.add("recovery_s", system.name, recovered_s)
-    print(f"bench: recovery {attempt + 1}: the killed job started again after {recovered_s:.1f} s",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"bench: recovery {attempt + 1}: the killed job started again after {recovered_s:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _marker_lines(marker: Path) -> list[str]:
@@ -232,16 +243,23 @@ def _percentile(ordered: list[float], percent: float) -> float:
 def _stack_middleware(system: Dramatiq) -> list[str]:
     """The middleware of the full stack as ``actors/broker.py`` builds it for these settings, in order."""
     code = "import bench.stack_actors as s; print(' '.join(type(m).__name__ for m in s.broker.middleware))"
-    result = subprocess.run([sys.executable, "-c", code], env=system.env, cwd=ROOT, capture_output=True, text=True,
-                            check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=system.env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{system.name}: could not build the stack:\n{result.stderr[-3000:]}")
     return result.stdout.split()
 
 
 def _migrate(system: Dramatiq) -> None:
-    result = subprocess.run([sys.executable, "-m", "ops", "db", "upgrade"], env=system.env, cwd=ROOT,
-                            capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "ops", "db", "upgrade"],
+        env=system.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{system.name}: python -m ops db upgrade failed:\n{result.stderr[-3000:]}")
 
@@ -261,12 +279,21 @@ def _postgres_database() -> Iterator[str]:
 
 
 def _machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")  # fmt: skip
-    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                     if line.startswith("MemTotal"))  # fmt: skip
-    return (f"{os.cpu_count()} cores ({cpu}), {memory_kb / 1024 / 1024:.0f} GiB, {platform.system()} "
-            f"{platform.release()}, Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d}")  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    memory_kb = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory_kb / 1024 / 1024:.0f} GiB, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d}"
+    )
 
 
 def _slug(name: str) -> str:

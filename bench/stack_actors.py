@@ -40,9 +40,15 @@ def checkpointed_segments(segments: int, report_path: str) -> None:
     for index in range(segments):
         started = time.perf_counter()
         with checkpoint.saving(index, progress=(index + 1) / segments) as connection:
-            connection.execute(insert(transcript_segments).values(
-                meeting_id=meeting_id, idx=index, start_ms=index * 1000, end_ms=(index + 1) * 1000, text="bench",
-            ))  # fmt: skip
+            connection.execute(
+                insert(transcript_segments).values(
+                    meeting_id=meeting_id,
+                    idx=index,
+                    start_ms=index * 1000,
+                    end_ms=(index + 1) * 1000,
+                    text="bench",
+                )
+            )
         latencies_ms.append((time.perf_counter() - started) * 1000)
     with open(report_path, "w") as report:
         json.dump(latencies_ms, report)

@@ -35,8 +35,17 @@ POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def stack(database: Database, *, with_status: bool) -> list:
-    middleware = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(), CurrentMessage(),
-                  JobLogs(), DeadLetters(database=database), Idempotency(database=database)]  # fmt: skip
+    middleware = [
+        AgeLimit(),
+        TimeLimit(),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        CurrentMessage(),
+        JobLogs(),
+        DeadLetters(database=database),
+        Idempotency(database=database),
+    ]
     if with_status:
         middleware.append(JobStatus(database=database))
     return [*middleware, Retries(max_retries=0)]
@@ -106,8 +115,10 @@ def main() -> None:
     without, with_ = statistics.median(rates[False]), statistics.median(rates[True])
     print(f"{args.jobs} no-op jobs x {args.rounds} rounds, Redis, {args.database}, 1 process x 8 threads")
     for label, values in (("without JobStatus", rates[False]), ("with JobStatus", rates[True])):
-        print(f"  {label:<18} median {statistics.median(values):7.0f} jobs/s  (min {min(values):.0f}, "
-              f"max {max(values):.0f})")  # fmt: skip
+        print(
+            f"  {label:<18} median {statistics.median(values):7.0f} jobs/s  (min {min(values):.0f}, "
+            f"max {max(values):.0f})"
+        )
     print(f"  ratio with/without: {with_ / without:.2f}")
 
 

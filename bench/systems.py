@@ -109,8 +109,9 @@ def _vm_hwm_kb(pid: int) -> int | None:
 
 def _spawn(command: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as output:
-        return subprocess.Popen(command, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def base_env(overrides: dict[str, str]) -> dict[str, str]:
@@ -159,8 +160,19 @@ class Dramatiq:
         return self.send(actor, arguments, jobs, bulk=bulk)
 
     def send(self, actor: str, arguments: list, jobs: int, *, bulk: bool = False) -> float:
-        command = [sys.executable, "-m", "bench.enqueue", "--module", self.module, "--actor", actor,
-                   "--jobs", str(jobs), "--args", json.dumps(arguments)] + (["--bulk"] if bulk else [])  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "bench.enqueue",
+            "--module",
+            self.module,
+            "--actor",
+            actor,
+            "--jobs",
+            str(jobs),
+            "--args",
+            json.dumps(arguments),
+        ] + (["--bulk"] if bulk else [])
         result = subprocess.run(command, env=self.env, cwd=ROOT, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"{self.name}: enqueue failed:\n{result.stderr[-3000:]}")
@@ -168,8 +180,16 @@ class Dramatiq:
 
     def start(self, *, log: Path, processes: int | None = None, threads: int | None = None) -> Workers:
         processes = processes or self.settings.processes
-        command = [str(VENV_BIN / "dramatiq"), self.module, "--processes", str(processes),
-                   "--threads", str(threads or self.settings.threads), "--queues", "bench"]  # fmt: skip
+        command = [
+            str(VENV_BIN / "dramatiq"),
+            self.module,
+            "--processes",
+            str(processes),
+            "--threads",
+            str(threads or self.settings.threads),
+            "--queues",
+            "bench",
+        ]
         master = _spawn(command, env=self.env, log=log)
         return Workers([master], [log], lambda: children(master.pid), b"Worker process is ready for action", processes)
 
@@ -218,12 +238,30 @@ class Celery:
     def start(self, *, log: Path) -> Workers:
         from bench.peers.environment import PEERS_VENV
 
-        command = [str(PEERS_VENV / "bin" / "celery"), "-A", "bench.peers.celery_app", "-b", REDIS_URL, "worker",
-                   "-P", "threads", "-c", str(self.settings.threads), "-Q", "bench", "--without-heartbeat",
-                   "--without-gossip", "--without-mingle", "-l", "INFO"]  # fmt: skip
+        command = [
+            str(PEERS_VENV / "bin" / "celery"),
+            "-A",
+            "bench.peers.celery_app",
+            "-b",
+            REDIS_URL,
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            str(self.settings.threads),
+            "-Q",
+            "bench",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ]
         logs = [log.with_suffix(f".{number}.log") for number in range(self.settings.processes)]
-        processes = [_spawn([*command, "-n", f"bench{number}@%h"], env=base_env({}), log=logs[number])
-                     for number in range(self.settings.processes)]  # fmt: skip
+        processes = [
+            _spawn([*command, "-n", f"bench{number}@%h"], env=base_env({}), log=logs[number])
+            for number in range(self.settings.processes)
+        ]
         return Workers(processes, logs, lambda: [process.pid for process in processes], b"ready.", len(processes))
 
     def outstanding(self) -> int:
@@ -253,8 +291,15 @@ class Rq:
     def start(self, *, log: Path) -> Workers:
         from bench.peers.environment import PEERS_VENV
 
-        command = [str(PEERS_VENV / "bin" / "rq"), "worker", "-w", "rq.worker.SimpleWorker", "--url", REDIS_URL,
-                   "bench"]  # fmt: skip
+        command = [
+            str(PEERS_VENV / "bin" / "rq"),
+            "worker",
+            "-w",
+            "rq.worker.SimpleWorker",
+            "--url",
+            REDIS_URL,
+            "bench",
+        ]
         count = self.settings.processes * self.settings.threads
         logs = [log.with_suffix(f".{number}.log") for number in range(count)]
         processes = [_spawn(command, env=base_env({}), log=logs[number]) for number in range(count)]
@@ -273,8 +318,20 @@ def _peer_enqueue(framework: str, workload: str, jobs: int) -> float:
     from bench.peers.environment import peers_python
 
     task, arguments = WORKLOADS[workload]
-    command = [str(peers_python()), "-m", "bench.peers.enqueue", framework, "--url", REDIS_URL, "--task", task,
-               "--jobs", str(jobs), "--args", json.dumps(arguments)]  # fmt: skip
+    command = [
+        str(peers_python()),
+        "-m",
+        "bench.peers.enqueue",
+        framework,
+        "--url",
+        REDIS_URL,
+        "--task",
+        task,
+        "--jobs",
+        str(jobs),
+        "--args",
+        json.dumps(arguments),
+    ]
     result = subprocess.run(command, env=base_env({}), cwd=ROOT, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{framework}: enqueue failed:\n{result.stderr[-3000:]}")

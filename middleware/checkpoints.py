@@ -98,9 +98,14 @@ class Checkpoint:
     """The saved position of one job, and this delivery's lease on it; loaded on first use."""
 
     def __init__(
-        self, *, database: Database, key: str, message: dramatiq.Message, hand_back_at: float | None = None,
+        self,
+        *,
+        database: Database,
+        key: str,
+        message: dramatiq.Message,
+        hand_back_at: float | None = None,
         lease_ms: int = DEFAULT_LEASE_MS,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.database = database
         #: time.monotonic() after which the next saved checkpoint hands the message back.
         self.hand_back_at = hand_back_at
@@ -134,11 +139,19 @@ class Checkpoint:
             # The checkpoint first: a delivery that lost its lease stops before it writes any output
             # (which could collide with the new holder's), and on PostgreSQL the row stays locked
             # until this commits, so a takeover waits for it instead of racing it.
-            saved = connection.execute(_save_statement(connection.dialect.name), {
-                "key": self.key, "actor_name": self.actor_name, "message_id": self.message_id,
-                "position": position, "progress": progress, "now": now, "message": self._payload,
-                "token": self.lease_token,
-            })  # fmt: skip
+            saved = connection.execute(
+                _save_statement(connection.dialect.name),
+                {
+                    "key": self.key,
+                    "actor_name": self.actor_name,
+                    "message_id": self.message_id,
+                    "position": position,
+                    "progress": progress,
+                    "now": now,
+                    "message": self._payload,
+                    "token": self.lease_token,
+                },
+            )
             if saved.first() is None:  # not rowcount: on PostgreSQL, SQLAlchemy gives -1 for an upsert
                 raise self._superseded(connection, position)
             if progress is not None:
@@ -159,10 +172,18 @@ class Checkpoint:
         now = datetime.now(UTC)
         token = uuid.uuid4().hex
         with self.database.transaction() as connection:
-            claimed = connection.execute(_claim_statement(connection.dialect.name), {
-                "key": self.key, "actor_name": self.actor_name, "message_id": self.message_id, "now": now,
-                "message": self._payload, "token": token, "stale_before": now - timedelta(milliseconds=self.lease_ms),
-            }).first()  # fmt: skip
+            claimed = connection.execute(
+                _claim_statement(connection.dialect.name),
+                {
+                    "key": self.key,
+                    "actor_name": self.actor_name,
+                    "message_id": self.message_id,
+                    "now": now,
+                    "message": self._payload,
+                    "token": token,
+                    "stale_before": now - timedelta(milliseconds=self.lease_ms),
+                },
+            ).first()
             if claimed is None:
                 holder_query = select(job_checkpoints.c.message_id, job_checkpoints.c.completed_at)
                 holder = connection.execute(holder_query.where(job_checkpoints.c.key == self.key)).one()
@@ -211,16 +232,19 @@ class Checkpoint:
         log_event("checkpoint.busy", self.message, held_by=holder_message_id, retry_in_ms=delay_ms)
         return CheckpointBusy(
             f"checkpoint {self.key!r} is held by message {holder_message_id}; message {self.message_id} "
-            f"waits for it (next look in {delay_ms / 1000:g} s)", held_by=holder_message_id, delay=delay_ms,
-        )  # fmt: skip
+            f"waits for it (next look in {delay_ms / 1000:g} s)",
+            held_by=holder_message_id,
+            delay=delay_ms,
+        )
 
     def _superseded(self, connection: Connection, position: Any) -> CheckpointSuperseded:
         holder = connection.scalar(select(job_checkpoints.c.message_id).where(job_checkpoints.c.key == self.key))
         log_event("checkpoint.superseded", self.message, position=position, by_message_id=holder)
         return CheckpointSuperseded(
             f"message {self.message_id} lost checkpoint {self.key!r} to message {holder}'s delivery; its save at "
-            f"{position!r} was not written", by_message_id=holder,
-        )  # fmt: skip
+            f"{position!r} was not written",
+            by_message_id=holder,
+        )
 
 
 def _insert_row(dialect_name: str, **values: Any) -> Insert:
@@ -228,10 +252,16 @@ def _insert_row(dialect_name: str, **values: Any) -> Insert:
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     now = bindparam("now", type_=job_checkpoints.c.updated_at.type)
     return dialect.insert(job_checkpoints).values(
-        key=bindparam("key"), actor_name=bindparam("actor_name"), message_id=bindparam("message_id"), resumes=0,
-        created_at=now, updated_at=now, message=bindparam("message", type_=JSON), lease_token=bindparam("token"),
+        key=bindparam("key"),
+        actor_name=bindparam("actor_name"),
+        message_id=bindparam("message_id"),
+        resumes=0,
+        created_at=now,
+        updated_at=now,
+        message=bindparam("message", type_=JSON),
+        lease_token=bindparam("token"),
         **values,
-    )  # fmt: skip
+    )
 
 
 @cache
@@ -244,14 +274,18 @@ def _claim_statement(dialect_name: str) -> Insert:
     return statement.on_conflict_do_update(
         index_elements=["key"],
         set_={
-            "lease_token": statement.excluded.lease_token, "message_id": statement.excluded.message_id,
-            "message": statement.excluded.message, "updated_at": statement.excluded.updated_at,
+            "lease_token": statement.excluded.lease_token,
+            "message_id": statement.excluded.message_id,
+            "message": statement.excluded.message,
+            "updated_at": statement.excluded.updated_at,
         },
-        where=current.completed_at.is_(None) & or_(
-            current.lease_token.is_(None), current.message_id == statement.excluded.message_id,
+        where=current.completed_at.is_(None)
+        & or_(
+            current.lease_token.is_(None),
+            current.message_id == statement.excluded.message_id,
             current.updated_at < stale_before,
         ),
-    ).returning(current.position)  # fmt: skip
+    ).returning(current.position)
 
 
 @cache
@@ -265,12 +299,15 @@ def _save_statement(dialect_name: str) -> Insert:
     return statement.on_conflict_do_update(
         index_elements=["key"],
         set_={
-            "position": statement.excluded.position, "progress": statement.excluded.progress,
-            "message_id": statement.excluded.message_id, "saves": job_checkpoints.c.saves + 1,
-            "updated_at": statement.excluded.updated_at, "message": statement.excluded.message,
+            "position": statement.excluded.position,
+            "progress": statement.excluded.progress,
+            "message_id": statement.excluded.message_id,
+            "saves": job_checkpoints.c.saves + 1,
+            "updated_at": statement.excluded.updated_at,
+            "message": statement.excluded.message,
         },
         where=job_checkpoints.c.lease_token == statement.excluded.lease_token,
-    ).returning(job_checkpoints.c.key)  # fmt: skip
+    ).returning(job_checkpoints.c.key)
 
 
 class Checkpoints(Middleware):
@@ -294,9 +331,13 @@ class Checkpoints(Middleware):
     """
 
     def __init__(
-        self, *, database: Database, hand_back_after_ms: int | None = None, consumer_timeout_ms: int | None = None,
+        self,
+        *,
+        database: Database,
+        hand_back_after_ms: int | None = None,
+        consumer_timeout_ms: int | None = None,
         lease_ms: int = DEFAULT_LEASE_MS,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.database = database
         self.lease_ms = lease_ms
         self.hand_back_after_ms = hand_back_after_ms
@@ -329,8 +370,10 @@ class Checkpoints(Middleware):
                     "(%s): the broker would close the channel and deliver the message again while the job "
                     "still runs. Declare it checkpointed=True (a checkpointed job hands its message back in time), "
                     "give it a time_limit under the consumer timeout, or raise the consumer timeout.",
-                    actor_name, runs, _duration(self.consumer_timeout_ms),
-                )  # fmt: skip
+                    actor_name,
+                    runs,
+                    _duration(self.consumer_timeout_ms),
+                )
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         actor = broker.get_actor(message.actor_name)
@@ -351,8 +394,10 @@ class Checkpoints(Middleware):
         except SQLAlchemyError:
             logger.warning(
                 "Could not load checkpoint %r; the actor will load it when it asks, and fail (and be "
-                "retried) if the database is still unreachable.", key, exc_info=True,
-            )  # fmt: skip
+                "retried) if the database is still unreachable.",
+                key,
+                exc_info=True,
+            )
 
     def after_process_message(
         self,
@@ -382,14 +427,18 @@ def _finish(checkpoint: Checkpoint, *, completed: bool) -> None:
             logger.warning(
                 "Could not mark checkpoint %r completed after message %s succeeded (%s). Its work is saved; "
                 "a later delivery for it resumes at the last position and completes it.",
-                checkpoint.key, checkpoint.message_id, type(error).__name__,
-            )  # fmt: skip
+                checkpoint.key,
+                checkpoint.message_id,
+                type(error).__name__,
+            )
         else:
             logger.warning(
                 "Could not release checkpoint %r after message %s (%s). A redelivery of that message takes it "
                 "over at once; another message for the same work waits until the lease goes stale.",
-                checkpoint.key, checkpoint.message_id, type(error).__name__,
-            )  # fmt: skip
+                checkpoint.key,
+                checkpoint.message_id,
+                type(error).__name__,
+            )
 
 
 def _duration(milliseconds: float) -> str:

@@ -38,7 +38,6 @@ FATAL, RETRYABLE, POISON = "fatal", "retryable", "poison"
 KINDS = (FATAL, RETRYABLE, POISON)
 
 
-
 def insert_dead_letter(connection: Connection, row: dict[str, Any]) -> int | None:
     """Insert unless the message is already recorded; returns the new row's id, or None."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
@@ -81,11 +80,18 @@ class DeadLetters(Middleware):
         except SQLAlchemyError:
             logger.error(
                 "Could not record dead letter %s in the database; it stays in the broker's dead-letter queue "
-                "and `python -m ops dlq reconcile` will record it.", message.message_id, exc_info=True,
-            )  # fmt: skip
+                "and `python -m ops dlq reconcile` will record it.",
+                message.message_id,
+                exc_info=True,
+            )
             return
-        log_event("job.dead_lettered", message, kind=row["kind"], error=f"{row['error_type']}: "
-                  f"{row['error_message']}", dead_letter_id=dead_letter_id)  # fmt: skip
+        log_event(
+            "job.dead_lettered",
+            message,
+            kind=row["kind"],
+            error=f"{row['error_type']}: {row['error_message']}",
+            dead_letter_id=dead_letter_id,
+        )
 
 
 def message_payload(message: dramatiq.Message) -> dict[str, Any]:

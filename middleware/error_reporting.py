@@ -97,21 +97,29 @@ class ErrorReporting(Middleware):
         data = {"message_id": message.message_id, "actor": message.actor_name, "queue": q_name(message.queue_name)}
         if decision is None:
             sentry_sdk.add_breadcrumb(
-                category="job.interrupted", level="info", data={**data, "reason": type(exception).__name__},
+                category="job.interrupted",
+                level="info",
+                data={**data, "reason": type(exception).__name__},
                 message=f"{message.actor_name} {message.message_id} was handed back ({type(exception).__name__}); "
                 "no attempt spent",
-            )  # fmt: skip
+            )
         elif decision.will_retry:
             # Scrubbed now: the trail goes with whatever event comes next, another job's included.
             values = _sensitive_values_of(broker, message, self.sensitive_fields)
             error = scrub(f"{type(exception).__name__}: {exception}", values)
             sentry_sdk.add_breadcrumb(
-                category="job.retry", level="warning",
+                category="job.retry",
+                level="warning",
                 message=f"{message.actor_name} {message.message_id}: attempt {decision.attempt} of "
                 f"{decision.max_attempts} failed ({error}); retrying in {decision.delay_ms} ms",
-                data={**data, "attempt": decision.attempt, "max_attempts": decision.max_attempts,
-                      "delay_ms": decision.delay_ms, "error": error},
-            )  # fmt: skip
+                data={
+                    **data,
+                    "attempt": decision.attempt,
+                    "max_attempts": decision.max_attempts,
+                    "delay_ms": decision.delay_ms,
+                    "error": error,
+                },
+            )
 
     def after_nack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         if sentry_sdk.get_client().is_active():
@@ -136,15 +144,27 @@ def report_final_failure(
     payload = message_payload(message)
     values = sensitive_values(payload, sensitive_fields, parameter_names=parameters)
     with sentry_sdk.new_scope() as scope:
-        for name, value in (("error_kind", kind), ("actor", message.actor_name), ("queue", queue),
-                            ("attempt", attempt), ("message_id", message.message_id)):  # fmt: skip
+        for name, value in (
+            ("error_kind", kind),
+            ("actor", message.actor_name),
+            ("queue", queue),
+            ("attempt", attempt),
+            ("message_id", message.message_id),
+        ):
             scope.set_tag(name, str(value))
-        scope.set_context("job", {
-            "message_id": message.message_id, "actor": message.actor_name, "queue": queue, "error_kind": kind,
-            "attempt": attempt, "max_attempts": decision.max_attempts if decision is not None else None,
-            "reason": decision.classification.reason if decision is not None else None,
-            "message": redact_message(payload, sensitive_fields, parameter_names=parameters),
-        })  # fmt: skip
+        scope.set_context(
+            "job",
+            {
+                "message_id": message.message_id,
+                "actor": message.actor_name,
+                "queue": queue,
+                "error_kind": kind,
+                "attempt": attempt,
+                "max_attempts": decision.max_attempts if decision is not None else None,
+                "reason": decision.classification.reason if decision is not None else None,
+                "message": redact_message(payload, sensitive_fields, parameter_names=parameters),
+            },
+        )
         scope.add_event_processor(lambda event, hint: redact_event(event, sensitive_fields, values))
         if exception is not None:
             return sentry_sdk.capture_exception(exception)

@@ -152,8 +152,10 @@ class KeeperWatchdog(threading.Thread):
             logger.critical(
                 "The heartbeat process of master %d stopped beating for worker %d; the worker now beats for "
                 "itself, so a job holding the GIL longer than %d ms could be taken for dead. Restart this worker.",
-                os.getppid(), os.getpid(), self.broker.heartbeat_timeout,
-            )  # fmt: skip
+                os.getppid(),
+                os.getpid(),
+                self.broker.heartbeat_timeout,
+            )
         client.zadd(heartbeats_key(self.broker), {broker_id: now_ms})
 
 
@@ -219,10 +221,18 @@ class HeartbeatKeeper:
             # Dramatiq's dispatch script runs maintenance for the queue a command names; "requeue"
             # with no message ids does nothing else.
             broker.scripts["dispatch"](
-                args=["requeue", now_ms, queue_name, broker.broker_id, broker.heartbeat_timeout,
-                      broker.dead_message_ttl, 1, broker._max_unpack_size()],
+                args=[
+                    "requeue",
+                    now_ms,
+                    queue_name,
+                    broker.broker_id,
+                    broker.heartbeat_timeout,
+                    broker.dead_message_ttl,
+                    1,
+                    broker._max_unpack_size(),
+                ],
                 keys=[broker.namespace],
-            )  # fmt: skip
+            )
             logger.info("Handed back a dead worker's messages on %r (%d).", queue_name, messages)
             count_recovery_requeues(queue_name, messages)
         return len(queues)
@@ -252,8 +262,12 @@ class HeartbeatKeeper:
 
 def run_keeper(broker: RedisBroker, *, interval_ms: int = DEFAULT_INTERVAL_MS, stop: Callable[[], bool]) -> None:
     keeper = HeartbeatKeeper(broker, master_pid=os.getppid())
-    logger.info("Beating for the workers of master %d every %d ms; liveness window %d ms.",
-                keeper.master_pid, interval_ms, broker.heartbeat_timeout)  # fmt: skip
+    logger.info(
+        "Beating for the workers of master %d every %d ms; liveness window %d ms.",
+        keeper.master_pid,
+        interval_ms,
+        broker.heartbeat_timeout,
+    )
     while not stop():
         started = time.monotonic()
         try:

@@ -53,14 +53,14 @@ DEFAULT_UNSENT_AFTER_MS = 60_000
 MAX_UNSETTLED_CLAIMS = 10_000
 
 
-
 class DuplicateDelivery(SkipMessage):
     """The job this keyed message carries has already completed."""
 
 
 class Idempotency(Middleware):
-    def __init__(self, *, database: Database, ttl_ms: int = DEFAULT_TTL_MS,
-                 unsent_after_ms: int = DEFAULT_UNSENT_AFTER_MS) -> None:  # fmt: skip
+    def __init__(
+        self, *, database: Database, ttl_ms: int = DEFAULT_TTL_MS, unsent_after_ms: int = DEFAULT_UNSENT_AFTER_MS
+    ) -> None:
         self.database = database
         self.ttl = timedelta(milliseconds=ttl_ms)
         self.unsent_after = timedelta(milliseconds=unsent_after_ms)
@@ -87,8 +87,11 @@ class Idempotency(Middleware):
             return False
         released = release_key(self.database, key, message.message_id)
         if released:
-            logger.info("Gave back idempotency key %r: the broker refused the connection, so message %s was "
-                        "never sent.", key, message.message_id)  # fmt: skip
+            logger.info(
+                "Gave back idempotency key %r: the broker refused the connection, so message %s was never sent.",
+                key,
+                message.message_id,
+            )
         return released
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
@@ -137,12 +140,21 @@ class Idempotency(Middleware):
             raise DuplicateJob(key, holder.message_id)
         self._hold_unsettled(message, key)
         if never_sent:
-            logger.warning("Idempotency key %r passes from message %s, which was never sent (its sender stopped "
-                           "between claiming the key and sending), to %s.", key, holder.message_id,
-                           message.message_id)  # fmt: skip
+            logger.warning(
+                "Idempotency key %r passes from message %s, which was never sent (its sender stopped "
+                "between claiming the key and sending), to %s.",
+                key,
+                holder.message_id,
+                message.message_id,
+            )
         else:
-            logger.info("Idempotency key %r passes from message %s (%s) to %s.", key, holder.message_id,
-                        holder_status or "expired", message.message_id)  # fmt: skip
+            logger.info(
+                "Idempotency key %r passes from message %s (%s) to %s.",
+                key,
+                holder.message_id,
+                holder_status or "expired",
+                message.message_id,
+            )
 
     def _never_sent(self, connection: Connection, holder: Row, broker: dramatiq.Broker, now: datetime) -> bool:
         """Whether the holder's send never reached Redis: its claim is older than any send takes, it
@@ -185,8 +197,11 @@ def settle_refused_sends(broker: dramatiq.Broker, messages: Sequence[dramatiq.Me
                 try:
                     middleware.settle_refused(message, release=release)
                 except Exception:
-                    logger.warning("Could not give back the idempotency key of refused message %s; it stays held.",
-                                   message.message_id, exc_info=True)  # fmt: skip
+                    logger.warning(
+                        "Could not give back the idempotency key of refused message %s; it stays held.",
+                        message.message_id,
+                        exc_info=True,
+                    )
 
 
 def connection_refused(error: BaseException) -> bool:

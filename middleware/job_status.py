@@ -66,7 +66,6 @@ QUEUED, PROCESSING, COMPLETED, FAILED = "queued", "processing", "completed", "fa
 STATUSES = (QUEUED, PROCESSING, COMPLETED, FAILED)
 
 
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -79,8 +78,9 @@ class JobStatus(Middleware):
       message marked :data:`HANDED_BACK`; only for a broker whose dead workers' messages are marked.
     """
 
-    def __init__(self, *, database: Database, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
-                 start_write_behind: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, *, database: Database, max_deliveries: int = DEFAULT_MAX_DELIVERIES, start_write_behind: bool = False
+    ) -> None:
         self.database = database
         self.max_deliveries = max_deliveries
         self.start_write_behind = start_write_behind
@@ -92,24 +92,35 @@ class JobStatus(Middleware):
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
         self._writes.run(_enqueue_write(message, _now()))
 
-    def after_enqueue_batch(self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message],
-                            delay: int | None) -> None:  # fmt: skip
+    def after_enqueue_batch(
+        self, broker: dramatiq.Broker, messages: Sequence[dramatiq.Message], delay: int | None
+    ) -> None:
         """``middleware.operations.bulk_enqueue``'s hook: the rows of many messages in one statement."""
         now = _now()
         self._writes.run_all([_enqueue_write(message, now) for message in messages])
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        start = Write(START, row_values(
-            message.message_id, message.actor_name, q_name(message.queue_name), PROCESSING, _now(),
-        ))  # fmt: skip
+        start = Write(
+            START,
+            row_values(
+                message.message_id,
+                message.actor_name,
+                q_name(message.queue_name),
+                PROCESSING,
+                _now(),
+            ),
+        )
         if self.start_write_behind and not message.options.get(HANDED_BACK):
             self._writes.submit(start)
             _unsaved(message).append(start)
             return
         unfinished = self._writes.run(start)
         if is_poison(unfinished - 1, max_deliveries=self.max_deliveries):
-            logger.error("Message %s was delivered %d times and its worker died each time; dead-lettering "
-                         "it as poison.", message.message_id, unfinished - 1)  # fmt: skip
+            logger.error(
+                "Message %s was delivered %d times and its worker died each time; dead-lettering it as poison.",
+                message.message_id,
+                unfinished - 1,
+            )
             message.fail()
             self._finish(message, status=FAILED, error=f"poison: its worker died {unfinished - 1} times in a row")
             raise PoisonMessage(f"message {message.message_id} killed its worker {unfinished - 1} times")
@@ -174,19 +185,39 @@ class JobStatus(Middleware):
         for message, writes, ack_all in saved:
             for write in writes:
                 if write.error is not None:  # as the wait in before_ack would have: logged, and acked
-                    logger.error("The status of message %s could not be saved (%s: %s); acking it anyway.",
-                                 message.message_id, type(write.error).__name__, write.error)  # fmt: skip
+                    logger.error(
+                        "The status of message %s could not be saved (%s: %s); acking it anyway.",
+                        message.message_id,
+                        type(write.error).__name__,
+                        write.error,
+                    )
             by_ack.setdefault(ack_all, []).append(message)
         for ack_all, messages in by_ack.items():
             ack_all(messages)
 
-    def _finish(self, message: dramatiq.Message, *, status: str, error: str | None = None,
-                progress: float | None = None, finished: bool = True, attempted: bool = True) -> None:  # fmt: skip
+    def _finish(
+        self,
+        message: dramatiq.Message,
+        *,
+        status: str,
+        error: str | None = None,
+        progress: float | None = None,
+        finished: bool = True,
+        attempted: bool = True,
+    ) -> None:
         now = _now()
-        finish = Write(FINISH, finish_values(
-            message.message_id, status=status, now=now, finished_at=now if finished else None, error=error,
-            progress=progress, attempted=attempted,
-        ))  # fmt: skip
+        finish = Write(
+            FINISH,
+            finish_values(
+                message.message_id,
+                status=status,
+                now=now,
+                finished_at=now if finished else None,
+                error=error,
+                progress=progress,
+                attempted=attempted,
+            ),
+        )
         writes = _unsaved(message)
         if writes and writes[-1].kind == START:
             run = Write(RUN, run_values(writes[-1].params, finish.params))
@@ -233,9 +264,12 @@ PROGRESS_UPSERT = text(
 def progress_values(message: dramatiq.Message, fraction: float, now: datetime) -> dict[str, Any]:
     """The parameters of :data:`PROGRESS_UPSERT` (``fraction`` clamped to 0..1)."""
     return {
-        "of_message": message.message_id, "actor_name": message.actor_name, "queue_name": q_name(message.queue_name),
-        "new_progress": max(0.0, min(1.0, fraction)), "now": now,
-    }  # fmt: skip
+        "of_message": message.message_id,
+        "actor_name": message.actor_name,
+        "queue_name": q_name(message.queue_name),
+        "new_progress": max(0.0, min(1.0, fraction)),
+        "now": now,
+    }
 
 
 def report_progress(database: Database, fraction: float, *, connection: Connection | None = None) -> None:
@@ -257,16 +291,24 @@ def get_job(database: Database, message_id: str) -> dict[str, Any] | None:
     return dict(row._mapping) if row is not None else None
 
 
-def list_jobs(database: Database, *, status: str | None = None, actor: str | None = None,
-              queue: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+def list_jobs(
+    database: Database,
+    *,
+    status: str | None = None,
+    actor: str | None = None,
+    queue: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
     query = _where(select(job_status), status=status, actor=actor, queue=queue)
     query = query.order_by(job_status.c.updated_at.desc()).limit(limit).offset(offset)
     with database.engine.connect() as connection:
         return [dict(row._mapping) for row in connection.execute(query)]
 
 
-def count_jobs(database: Database, *, status: str | None = None, actor: str | None = None,
-               queue: str | None = None) -> int:  # fmt: skip
+def count_jobs(
+    database: Database, *, status: str | None = None, actor: str | None = None, queue: str | None = None
+) -> int:
     query = _where(select(func.count()).select_from(job_status), status=status, actor=actor, queue=queue)
     with database.engine.connect() as connection:
         return connection.scalar(query)
@@ -275,13 +317,17 @@ def count_jobs(database: Database, *, status: str | None = None, actor: str | No
 def purge_finished_jobs(database: Database, *, older_than: timedelta) -> int:
     """Delete the rows of jobs that completed or failed more than ``older_than`` ago (retention)."""
     cutoff = _now() - older_than
-    return delete_in_batches(database, job_status, job_status.c.status.in_((COMPLETED, FAILED)),
-                             job_status.c.updated_at < cutoff)  # fmt: skip
+    return delete_in_batches(
+        database, job_status, job_status.c.status.in_((COMPLETED, FAILED)), job_status.c.updated_at < cutoff
+    )
 
 
 def _where(query, *, status: str | None, actor: str | None, queue: str | None):
-    for column, value in ((job_status.c.status, status), (job_status.c.actor_name, actor),
-                          (job_status.c.queue_name, queue)):  # fmt: skip
+    for column, value in (
+        (job_status.c.status, status),
+        (job_status.c.actor_name, actor),
+        (job_status.c.queue_name, queue),
+    ):
         if value is not None:
             query = query.where(column == value)
     return query

@@ -44,14 +44,52 @@ HOUR_S = 3600
 #: Up to 6 hours: a transcription of a long recording takes an hour or more, so Dramatiq's
 #: histogram (whose last bucket is 15 minutes) would put every one of them in +Inf.
 DURATION_BUCKETS_S = (
-    0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700,
-    HOUR_S, 1.5 * HOUR_S, 2 * HOUR_S, 3 * HOUR_S, 4 * HOUR_S, 6 * HOUR_S, float("inf"),
-)  # fmt: skip
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1200,
+    1800,
+    2700,
+    HOUR_S,
+    1.5 * HOUR_S,
+    2 * HOUR_S,
+    3 * HOUR_S,
+    4 * HOUR_S,
+    6 * HOUR_S,
+    float("inf"),
+)
 #: Up to a day: a long job can wait behind others for hours.
 QUEUE_WAIT_BUCKETS_S = (
-    0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, HOUR_S, 2 * HOUR_S, 4 * HOUR_S, 12 * HOUR_S,
-    24 * HOUR_S, float("inf"),
-)  # fmt: skip
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1,
+    5,
+    10,
+    30,
+    60,
+    300,
+    600,
+    1800,
+    HOUR_S,
+    2 * HOUR_S,
+    4 * HOUR_S,
+    12 * HOUR_S,
+    24 * HOUR_S,
+    float("inf"),
+)
 
 MESSAGE_LABELS = ("queue_name", "actor_name")
 
@@ -64,9 +102,11 @@ messages_inprogress = Gauge(
     "dramatiq_messages_inprogress", "Messages being processed now.", MESSAGE_LABELS, multiprocess_mode="livesum"
 )
 delayed_messages_inprogress = Gauge(
-    "dramatiq_delayed_messages_inprogress", "Delayed messages held in worker memory until their eta.",
-    MESSAGE_LABELS, multiprocess_mode="livesum",
-)  # fmt: skip
+    "dramatiq_delayed_messages_inprogress",
+    "Delayed messages held in worker memory until their eta.",
+    MESSAGE_LABELS,
+    multiprocess_mode="livesum",
+)
 
 job_duration_seconds = Histogram(
     "jobs_duration_seconds",
@@ -75,31 +115,37 @@ job_duration_seconds = Histogram(
     buckets=DURATION_BUCKETS_S,
 )
 queue_wait_seconds = Histogram(
-    "jobs_queue_wait_seconds", "Time from enqueue (or eta) to the start of a delivery.", MESSAGE_LABELS,
+    "jobs_queue_wait_seconds",
+    "Time from enqueue (or eta) to the start of a delivery.",
+    MESSAGE_LABELS,
     buckets=QUEUE_WAIT_BUCKETS_S,
-)  # fmt: skip
+)
 jobs_completed_total = Counter("jobs_completed_total", "Jobs completed.", MESSAGE_LABELS)
 jobs_retries_total = Counter("jobs_retries_total", "Failed attempts that will be retried.", MESSAGE_LABELS)
 jobs_failures_total = Counter(
-    "jobs_failures_total", "Jobs failed for good, by error kind: fatal, retryable (retries exhausted), poison.",
+    "jobs_failures_total",
+    "Jobs failed for good, by error kind: fatal, retryable (retries exhausted), poison.",
     (*MESSAGE_LABELS, "kind"),
-)  # fmt: skip
+)
 dead_letters_recorded_total = Counter(
     "jobs_dead_letters_recorded_total", "Rows written to the dead_letters table.", (*MESSAGE_LABELS, "kind")
 )
 interruptions_total = Counter(
-    "jobs_interruptions_total", "Deliveries handed back without spending an attempt (Shutdown, TimeLimitExceeded, "
-    "HandBack, CheckpointBusy, CheckpointSuperseded).", (*MESSAGE_LABELS, "reason"),
-)  # fmt: skip
+    "jobs_interruptions_total",
+    "Deliveries handed back without spending an attempt (Shutdown, TimeLimitExceeded, "
+    "HandBack, CheckpointBusy, CheckpointSuperseded).",
+    (*MESSAGE_LABELS, "reason"),
+)
 time_limit_hits_total = Counter("jobs_time_limit_hits_total", "Deliveries stopped by their time limit.", MESSAGE_LABELS)
 checkpoints_saved_total = Counter("jobs_checkpoints_saved_total", "Checkpoints committed.", MESSAGE_LABELS)
 checkpoint_resumes_total = Counter(
     "jobs_checkpoint_resumes_total", "Deliveries that resumed from a saved checkpoint.", MESSAGE_LABELS
 )
 routing_decisions_total = Counter(
-    "jobs_routing_decisions_total", "Messages routed by expected duration, counted where the message is built.",
+    "jobs_routing_decisions_total",
+    "Messages routed by expected duration, counted where the message is built.",
     ("actor_name", "queue_name", "route"),
-)  # fmt: skip
+)
 transcribed_segments_total = Counter(
     "jobs_transcribed_segments_total", "Transcript segments transcribed and stored.", ("queue_name",)
 )
@@ -137,10 +183,12 @@ class _DeliveryMetrics:
     @classmethod
     def of(cls, labels: tuple[str, str]) -> _DeliveryMetrics:
         return cls(
-            inprogress=messages_inprogress.labels(*labels), queue_wait=queue_wait_seconds.labels(*labels),
-            completed=jobs_completed_total.labels(*labels), processed=messages_total.labels(*labels),
+            inprogress=messages_inprogress.labels(*labels),
+            queue_wait=queue_wait_seconds.labels(*labels),
+            completed=jobs_completed_total.labels(*labels),
+            processed=messages_total.labels(*labels),
             completed_duration=job_duration_seconds.labels(*labels, "completed"),
-        )  # fmt: skip
+        )
 
 
 class Metrics(Middleware):
@@ -284,8 +332,15 @@ def initialize_counters(broker: dramatiq.Broker) -> None:
         # A routed actor also runs on its large queue (middleware.routing.RoutedActor.queue_names).
         queues = getattr(actor, "queue_names", (actor.queue_name,))
         for labels in ((queue_name, actor.actor_name) for queue_name in queues):
-            for counter in (messages_total, message_errors_total, message_retries_total, message_rejects_total,
-                            jobs_completed_total, jobs_retries_total, time_limit_hits_total):  # fmt: skip
+            for counter in (
+                messages_total,
+                message_errors_total,
+                message_retries_total,
+                message_rejects_total,
+                jobs_completed_total,
+                jobs_retries_total,
+                time_limit_hits_total,
+            ):
                 counter.labels(*labels)
             for kind in KINDS:
                 jobs_failures_total.labels(*labels, kind)

@@ -29,9 +29,11 @@ class RedisDurability(Middleware):
         try:
             problem = durability_problem(broker.client)
         except redis.ResponseError as error:  # managed services often refuse or rename CONFIG
-            logger.info("Could not read the Redis broker's persistence settings (%s); make sure it keeps "
-                        "an append-only file, or a Redis restart loses the jobs waiting in its queues.",
-                        error)  # fmt: skip
+            logger.info(
+                "Could not read the Redis broker's persistence settings (%s); make sure it keeps "
+                "an append-only file, or a Redis restart loses the jobs waiting in its queues.",
+                error,
+            )
             return
         except redis.RedisError as error:  # unreachable: the worker's consumers report it soon enough
             logger.info("Could not check the Redis broker's persistence settings: %s", error)
@@ -46,6 +48,8 @@ def durability_problem(client: redis.Redis) -> tuple[str, str] | None:
         return None
     snapshots = client.config_get("save").get("save", "")
     if snapshots:
-        return (f"keeps no append-only file, only snapshots (save {snapshots!r})",
-                "every job sent since the last snapshot")  # fmt: skip
+        return (
+            f"keeps no append-only file, only snapshots (save {snapshots!r})",
+            "every job sent since the last snapshot",
+        )
     return "persists nothing (no append-only file, no snapshots)", "every job waiting in its queues"

@@ -77,9 +77,16 @@ class Retries(Middleware):
     @property
     def actor_options(self) -> set[str]:
         return {
-            "max_retries", "min_backoff", "max_backoff", "retry_when", "throws", "on_retry_exhausted",
-            "retry_policy", "fatal_errors", "retryable_errors",
-        }  # fmt: skip
+            "max_retries",
+            "min_backoff",
+            "max_backoff",
+            "retry_when",
+            "throws",
+            "on_retry_exhausted",
+            "retry_policy",
+            "fatal_errors",
+            "retryable_errors",
+        }
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         current_failure.set(None)
@@ -118,17 +125,25 @@ class Retries(Middleware):
             if decision.fatal:
                 # An error in throws is one the actor expects: INFO, as Dramatiq logs it.
                 level = logging.INFO if _in_throws(actor, message, exception) else logging.WARNING
-                logger.log(level, "Message %s failed with a fatal error (%s); it is not retried.",
-                           message.message_id, decision.classification.reason)  # fmt: skip
+                logger.log(
+                    level,
+                    "Message %s failed with a fatal error (%s); it is not retried.",
+                    message.message_id,
+                    decision.classification.reason,
+                )
             else:
                 logger.warning("Message %s failed all %d attempts.", message.message_id, decision.max_attempts)
                 _send_on_retry_exhausted(broker, actor, message, decision)
             message.fail()
             return
         log_event(
-            "job.retry", message, delay_ms=decision.delay_ms, error=f"{type(exception).__name__}: {exception}",
-            fatal=False, attempt=decision.attempt,
-        )  # fmt: skip
+            "job.retry",
+            message,
+            delay_ms=decision.delay_ms,
+            error=f"{type(exception).__name__}: {exception}",
+            fatal=False,
+            attempt=decision.attempt,
+        )
         enqueue_until_accepted(broker, message, delay=decision.delay_ms)
 
     def policy_of(self, actor: dramatiq.Actor, message: dramatiq.Message) -> RetryPolicy:
@@ -174,9 +189,12 @@ def _send_on_retry_exhausted(
     try:
         target = broker.get_actor(target_name)
     except ActorNotFound:
-        logger.error("Message %s ran out of retries, but its on_retry_exhausted actor %r is not declared; "
-                     "nothing was sent to it (the message is dead-lettered as usual).",
-                     message.message_id, target_name)  # fmt: skip
+        logger.error(
+            "Message %s ran out of retries, but its on_retry_exhausted actor %r is not declared; "
+            "nothing was sent to it (the message is dead-lettered as usual).",
+            message.message_id,
+            target_name,
+        )
         return
     # The same arguments as Dramatiq's: the message as it was, and its retry count and budget.
     target.send(message.asdict(), {"retries": decision.attempt - 1, "max_retries": decision.max_attempts - 1})

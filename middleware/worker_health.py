@@ -52,7 +52,6 @@ DEFAULT_FORGET_AFTER_MS = 600_000
 DEFAULT_FAILURE_WINDOW_MS = 600_000
 
 
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -123,14 +122,15 @@ class _Counters:
             while self._outcomes and self._outcomes[0][0] + 1 <= horizon:  # a second wholly before the window
                 self._outcomes.popleft()
             return _Snapshot(
-                processed=self._processed, failed=self._failed,
+                processed=self._processed,
+                failed=self._failed,
                 window_processed=sum(processed for _, processed, _ in self._outcomes),
                 window_failed=sum(failed for _, _, failed in self._outcomes),
                 failed_since_success=self._failed_since_success,
                 running=sorted(self._running.values(), key=lambda job: job.started_at),
                 last_job_finished_at=_datetime(self._last_job_finished_at),
                 last_success_at=_datetime(self._last_success_at),
-            )  # fmt: skip
+            )
 
 
 def _datetime(timestamp: float | None) -> datetime | None:
@@ -183,8 +183,9 @@ class WorkerHealth(Middleware):
             try:
                 self._probe = LivenessServer(self.liveness, bind=self.probe_bind, port=port)
             except ProbePortTaken as error:
-                stop_worker_boot(f"{error}; free the port, or set WORKER_HEALTH_PORT to a free one (0 turns the "
-                                 "probe off).")  # fmt: skip
+                stop_worker_boot(
+                    f"{error}; free the port, or set WORKER_HEALTH_PORT to a free one (0 turns the probe off)."
+                )
             self._probe.start()
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -203,14 +204,24 @@ class WorkerHealth(Middleware):
         try:
             self.forget(self.worker_id)
         except SQLAlchemyError as error:
-            logger.warning("Could not delete this worker's heartbeat row (%s); it will be reported stale, "
-                           "then forgotten after %d ms.", error, self.forget_after_ms)  # fmt: skip
+            logger.warning(
+                "Could not delete this worker's heartbeat row (%s); it will be reported stale, "
+                "then forgotten after %d ms.",
+                error,
+                self.forget_after_ms,
+            )
         if self._probe is not None:
             self._probe.stop()
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        self._counters.started(_RunningJob(message_id=message.message_id, actor_name=message.actor_name,
-                                           queue_name=q_name(message.queue_name), started_at=_now()))  # fmt: skip
+        self._counters.started(
+            _RunningJob(
+                message_id=message.message_id,
+                actor_name=message.actor_name,
+                queue_name=q_name(message.queue_name),
+                started_at=_now(),
+            )
+        )
 
     def after_process_message(
         self,
@@ -241,22 +252,42 @@ class WorkerHealth(Middleware):
         with self.database.transaction() as connection:
             progress = _progress(connection, [job.message_id for job in stats.running])
             row = {
-                "worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
-                "version": self.version, "queues": served_queues(self._worker),
-                "processed": stats.processed, "failed": stats.failed, "in_progress": len(stats.running),
-                "failure_window_ms": self.failure_window_ms, "window_processed": stats.window_processed,
-                "window_failed": stats.window_failed, "failed_since_success": stats.failed_since_success,
+                "worker_id": self.worker_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "version": self.version,
+                "queues": served_queues(self._worker),
+                "processed": stats.processed,
+                "failed": stats.failed,
+                "in_progress": len(stats.running),
+                "failure_window_ms": self.failure_window_ms,
+                "window_processed": stats.window_processed,
+                "window_failed": stats.window_failed,
+                "failed_since_success": stats.failed_since_success,
                 "current_jobs": [
-                    {"message_id": job.message_id, "actor_name": job.actor_name, "queue_name": job.queue_name,
-                     "started_at": job.started_at.isoformat(), "progress": progress.get(job.message_id)}
+                    {
+                        "message_id": job.message_id,
+                        "actor_name": job.actor_name,
+                        "queue_name": job.queue_name,
+                        "started_at": job.started_at.isoformat(),
+                        "progress": progress.get(job.message_id),
+                    }
                     for job in stats.running
                 ],
-                "queue_counts": _queue_counts(self._worker, stats.running), "stopping": self._stopping,
-                "started_at": self._started_at, "last_job_finished_at": stats.last_job_finished_at,
-                "last_success_at": stats.last_success_at, "heartbeat_at": now,
-            }  # fmt: skip
-            upsert(connection, worker_heartbeats, row, key=["worker_id"],
-                   update={name: value for name, value in row.items() if name != "worker_id"})  # fmt: skip
+                "queue_counts": _queue_counts(self._worker, stats.running),
+                "stopping": self._stopping,
+                "started_at": self._started_at,
+                "last_job_finished_at": stats.last_job_finished_at,
+                "last_success_at": stats.last_success_at,
+                "heartbeat_at": now,
+            }
+            upsert(
+                connection,
+                worker_heartbeats,
+                row,
+                key=["worker_id"],
+                update={name: value for name, value in row.items() if name != "worker_id"},
+            )
             forgotten = now - timedelta(milliseconds=self.forget_after_ms)
             connection.execute(delete(worker_heartbeats).where(worker_heartbeats.c.heartbeat_at < forgotten))
 
@@ -311,8 +342,12 @@ def is_live(row: Mapping[str, Any], *, stale_after_ms: int, now: datetime) -> bo
 
 def queues_served(rows: Iterable[Mapping[str, Any]], *, stale_after_ms: int, now: datetime) -> set[str]:
     """The queues some live worker consumes; a stopping worker takes no new message, so serves none."""
-    return {queue for row in rows if is_live(row, stale_after_ms=stale_after_ms, now=now) and not row["stopping"]
-            for queue in row["queues"]}  # fmt: skip
+    return {
+        queue
+        for row in rows
+        if is_live(row, stale_after_ms=stale_after_ms, now=now) and not row["stopping"]
+        for queue in row["queues"]
+    }
 
 
 def list_worker_heartbeats(database: Database) -> list[dict[str, Any]]:
@@ -349,12 +384,14 @@ class _BeatLoop(threading.Thread):
         except SQLAlchemyError as error:
             if not self._failing:  # once per outage, not every few seconds
                 reason = f"{type(error).__name__}: {getattr(error, 'orig', None) or error}"
-                logger.warning("Could not publish this worker's heartbeat (%s); retrying every %.1f s.",
-                               reason, self._interval_s)  # fmt: skip
+                logger.warning(
+                    "Could not publish this worker's heartbeat (%s); retrying every %.1f s.", reason, self._interval_s
+                )
             self._failing = True
         except Exception:
-            logger.exception("Publishing this worker's heartbeat failed unexpectedly; retrying in %.1f s.",
-                             self._interval_s)  # fmt: skip
+            logger.exception(
+                "Publishing this worker's heartbeat failed unexpectedly; retrying in %.1f s.", self._interval_s
+            )
             self._failing = True
         else:
             if self._failing:

@@ -72,8 +72,10 @@ def main() -> int:
         progress.watch_until(lambda: progress.stored("all-hands") >= 2, deadline_s=DEADLINE_S)
         killed = large.kill_child()
         killed_at_segment = progress.stored("all-hands")
-        say(f"4. SIGKILL worker process {killed} while all-hands is mid-job "
-            f"({killed_at_segment} segments stored); starting a new worker")  # fmt: skip
+        say(
+            f"4. SIGKILL worker process {killed} while all-hands is mid-job "
+            f"({killed_at_segment} segments stored); starting a new worker"
+        )
         large.wait_exit()
         workers.append(Worker("transcription-large"))
         progress.watch_until(progress.all_completed, deadline_s=DEADLINE_S)
@@ -81,8 +83,10 @@ def main() -> int:
         say("5. Transcripts (pocketsphinx on synthetic speech: expect rough text)")
         progress.print_transcripts()
         resumed = progress.checkpoint("all-hands")
-        say(f"The killed job resumed at segment {resumed.resumed_from['idx'] + 1} from its checkpoint "
-            f"(not from zero): {resumed.resumes} resume, no segment lost or stored twice.")  # fmt: skip
+        say(
+            f"The killed job resumed at segment {resumed.resumed_from['idx'] + 1} from its checkpoint "
+            f"(not from zero): {resumed.resumes} resume, no segment lost or stored twice."
+        )
         return 0
     finally:
         for worker in workers:
@@ -100,8 +104,11 @@ class Worker:
         dramatiq = Path(sys.executable).parent / "dramatiq"
         self.process = subprocess.Popen(
             [str(dramatiq), "actors", "--processes", "1", "--threads", "1", "--queues", queue],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s

@@ -8,8 +8,18 @@ import sys
 from ops.durations import duration, moment
 from ops.output import print_json, print_record, print_table
 
-LIST_COLUMNS = ("id", "queue_name", "actor_name", "kind", "error_type", "error_message", "attempts", "failed_at",
-                "resolved", "requeued_as")  # fmt: skip
+LIST_COLUMNS = (
+    "id",
+    "queue_name",
+    "actor_name",
+    "kind",
+    "error_type",
+    "error_message",
+    "attempts",
+    "failed_at",
+    "resolved",
+    "requeued_as",
+)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -45,8 +55,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     _command(sub, "stats", "per queue: total, resolved, unresolved", _stats)
     reconcile = _command(sub, "reconcile", "record what sits in the brokers' dead-letter queues", _reconcile)
-    reconcile.add_argument("--queue", action="append", default=[], help="also this queue (repeatable); "
-                           "declared queues, and on Redis every queue with dead letters, are always read")  # fmt: skip
+    reconcile.add_argument(
+        "--queue",
+        action="append",
+        default=[],
+        help="also this queue (repeatable); "
+        "declared queues, and on Redis every queue with dead letters, are always read",
+    )
 
 
 def _command(sub, name: str, help_text: str, handler) -> argparse.ArgumentParser:

@@ -65,14 +65,16 @@ def health_report(system: System) -> dict[str, Any]:
     settings, database, now = system.settings, system.database, datetime.now(UTC)
     workers = list_worker_heartbeats(database)
     try:
-        queues = queue_stats(system.broker, database, stale_after_ms=settings.worker_stale_after_ms, now=now,
-                             heartbeats=workers)  # fmt: skip
+        queues = queue_stats(
+            system.broker, database, stale_after_ms=settings.worker_stale_after_ms, now=now, heartbeats=workers
+        )
         broker_problem = None
     except BrokerUnavailable as error:
         queues, broker_problem = [], str(error)
     unresolved = {row["queue"]: row["unresolved"] for row in dead_letter_stats(database)}
-    return evaluate(workers, queues, unresolved, rules=HealthRules.from_settings(settings), now=now,
-                    broker_problem=broker_problem)  # fmt: skip
+    return evaluate(
+        workers, queues, unresolved, rules=HealthRules.from_settings(settings), now=now, broker_problem=broker_problem
+    )
 
 
 def evaluate(
@@ -93,10 +95,13 @@ def evaluate(
     # A stopping worker takes no new message: it serves no queue any more.
     serving = queues_served(workers, stale_after_ms=rules.stale_after_ms, now=now)
     queue_reports = [
-        {**stats.to_dict(), "dead_letters_unresolved": dead_letters_unresolved.get(stats.queue_name, 0),
-         **_judge_queue(stats, serving)}
+        {
+            **stats.to_dict(),
+            "dead_letters_unresolved": dead_letters_unresolved.get(stats.queue_name, 0),
+            **_judge_queue(stats, serving),
+        }
         for stats in queues
-    ]  # fmt: skip
+    ]
     problems = [f"broker: {broker_problem}"] if broker_problem else []
     problems += [
         f"worker {report['worker_id']}: {report['reason']}" for report in worker_reports if not report["healthy"]
@@ -105,8 +110,7 @@ def evaluate(
         f"queue {report['queue_name']}: {report['reason']}" for report in queue_reports if not report["healthy"]
     ]
     live = sum(1 for row in workers if is_live(row, stale_after_ms=rules.stale_after_ms, now=now))
-    summary = (f"{live} live worker(s), {len(queue_reports)} queue(s), {sum(waiting.values())} message(s) "
-               "waiting")  # fmt: skip
+    summary = f"{live} live worker(s), {len(queue_reports)} queue(s), {sum(waiting.values())} message(s) waiting"
     return {
         "healthy": not problems,
         "reason": "; ".join(problems) if problems else f"healthy: {summary}",
@@ -127,35 +131,43 @@ def judge_worker(
     processed, failed = row["window_processed"], row["window_failed"]
     window_min = row["failure_window_ms"] / 60_000
     if processed >= rules.failure_min_jobs and failed / processed > rules.failure_rate:
-        return False, (f"{failed} of {processed} jobs failed in the last {window_min:g} min "
-                       f"({failed / processed:.1%}, over the {rules.failure_rate:.1%} limit)")  # fmt: skip
+        return False, (
+            f"{failed} of {processed} jobs failed in the last {window_min:g} min "
+            f"({failed / processed:.1%}, over the {rules.failure_rate:.1%} limit)"
+        )
     since = row["last_success_at"] or row["started_at"]
     idle_s = (now - since).total_seconds()
     backlog = sum(waiting.get(queue, 0) for queue in row["queues"])
     errors = row["failed_since_success"]
     if idle_s * 1000 >= rules.idle_after_ms and backlog and errors > rules.idle_min_errors:
-        return False, (f"no job has succeeded for {idle_s / 60:.1f} min while {backlog} message(s) wait on its "
-                       f"queues, and {errors} failed since")  # fmt: skip
+        return False, (
+            f"no job has succeeded for {idle_s / 60:.1f} min while {backlog} message(s) wait on its "
+            f"queues, and {errors} failed since"
+        )
     if row["stopping"]:
         return True, "stopping: finishing its current jobs"
     return True, f"ok: heartbeat {age_s:.1f} s ago"
 
 
-def _worker_report(row: Mapping[str, Any], waiting: Mapping[str, int], *, rules: HealthRules,
-                   now: datetime) -> dict[str, Any]:  # fmt: skip
+def _worker_report(
+    row: Mapping[str, Any], waiting: Mapping[str, int], *, rules: HealthRules, now: datetime
+) -> dict[str, Any]:
     healthy, reason = judge_worker(row, waiting, rules=rules, now=now)
     current_jobs = list(row["current_jobs"])
     current_job = current_jobs[0] if current_jobs else None  # the longest-running one
     return {
         **{name: _jsonable(value) for name, value in row.items()},
-        "current_job": None if current_job is None else {
-            "message_id": current_job["message_id"], "actor_name": current_job["actor_name"],
+        "current_job": None
+        if current_job is None
+        else {
+            "message_id": current_job["message_id"],
+            "actor_name": current_job["actor_name"],
             "progress": current_job["progress"],
         },
         "heartbeat_age_s": round((now - row["heartbeat_at"]).total_seconds(), 3),
         "healthy": healthy,
         "reason": reason,
-    }  # fmt: skip
+    }
 
 
 def _judge_queue(stats: QueueStats, serving: set[str]) -> dict[str, Any]:

@@ -50,6 +50,7 @@ def _queues(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        print_table([{**row, "unresolved": row["dead_letters_unresolved"]} for row in rows], COLUMNS,
-                    empty="No queues.")  # fmt: skip
+        print_table(
+            [{**row, "unresolved": row["dead_letters_unresolved"]} for row in rows], COLUMNS, empty="No queues."
+        )
     return 0

@@ -38,13 +38,30 @@ def schedule_report(*, now: datetime | None = None) -> dict[str, Any]:
     rows = []
     for entry in entries:
         state = states.get(entry.name, {})
-        rows.append({
-            "entry": entry.name, "when": entry.when, "runs": entry.runs, "args": list(entry.args),
-            "kwargs": dict(entry.kwargs), "next_run": entry.trigger().get_next_fire_time(None, now),
-            "last_tick": state.get("last_scheduled_for"), "last_result": _last_result(state),
-            **{name: state.get(name) for name in ("last_outcome", "last_fired_at", "fired_by", "last_message_id",
-                                                  "last_job_status", "last_job_error", "last_error")},
-        })  # fmt: skip
+        rows.append(
+            {
+                "entry": entry.name,
+                "when": entry.when,
+                "runs": entry.runs,
+                "args": list(entry.args),
+                "kwargs": dict(entry.kwargs),
+                "next_run": entry.trigger().get_next_fire_time(None, now),
+                "last_tick": state.get("last_scheduled_for"),
+                "last_result": _last_result(state),
+                **{
+                    name: state.get(name)
+                    for name in (
+                        "last_outcome",
+                        "last_fired_at",
+                        "fired_by",
+                        "last_message_id",
+                        "last_job_status",
+                        "last_job_error",
+                        "last_error",
+                    )
+                },
+            }
+        )
     leader = current_leader(system.database, state_dir=system.settings.state_dir)
     return {"leader": leader, "module": system.settings.schedule_module, "entries": rows}
 

@@ -90,14 +90,23 @@ class Supervisor:
 
     def _restart(self, slot: Slot, code: int) -> bool:
         if code == EXIT_BAD_START:
-            logger.error("Worker %d could not start (exit code 2: bad settings or schema); not restarting it. "
-                         "Fix the cause and start the workers again.", slot.number)  # fmt: skip
+            logger.error(
+                "Worker %d could not start (exit code 2: bad settings or schema); not restarting it. "
+                "Fix the cause and start the workers again.",
+                slot.number,
+            )
             return False
         lived_s = time.monotonic() - slot.started_at
         slot.quick_deaths = slot.quick_deaths + 1 if lived_s < QUICK_DEATH_S else 0
         delay_s = slot.restart_delay_s() if slot.quick_deaths else 0.0
-        logger.warning("Worker %d (pid %d) exited with code %s after %.1f s; restarting it in %.1f s.",
-                       slot.number, slot.process.pid, code, lived_s, delay_s)  # fmt: skip
+        logger.warning(
+            "Worker %d (pid %d) exited with code %s after %.1f s; restarting it in %.1f s.",
+            slot.number,
+            slot.process.pid,
+            code,
+            lived_s,
+            delay_s,
+        )
         if self.stopping.wait(delay_s):
             return True
         slot.restarts.append(time.time())

@@ -62,8 +62,11 @@ def main() -> int:
         try:
             server = MetricsServer(registry, bind=settings.metrics_bind, port=settings.scheduler_metrics_port)
         except OSError as error:
-            print(f"error: scheduler metrics: {str(error).replace('METRICS_PORT', 'SCHEDULER_METRICS_PORT')}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"error: scheduler metrics: {str(error).replace('METRICS_PORT', 'SCHEDULER_METRICS_PORT')}",
+                file=sys.stderr,
+                flush=True,
+            )
             return EXIT_BAD_START
     runner = TickRunner(entries, system=system, identity=identity, metrics=metrics)
     lock = leader_lock(system.database, state_dir=settings.state_dir, identity=identity)

@@ -39,8 +39,14 @@ logger = logging.getLogger("scheduler.leader")
 #: The advisory lock's key: advisory locks are per database, so one leader per system database.
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"resilient-jobs scheduler leader").digest()[:8], "big", signed=True)
 #: libpq and server settings of the lock's connection: fail fast rather than lead blind.
-_CLIENT_TIMEOUTS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
-                    "keepalives_count": 3, "tcp_user_timeout": 5_000}  # fmt: skip
+_CLIENT_TIMEOUTS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 5_000,
+}
 _SERVER_SETTINGS = (
     "-c statement_timeout=5000 -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
 )
@@ -93,9 +99,12 @@ class PostgresLeaderLock:
         try:
             if self._connection is None or self._connection.closed:
                 self._connection = psycopg.connect(
-                    self.conninfo, autocommit=True, application_name=f"scheduler {self.identity}"[:63],
-                    options=_SERVER_SETTINGS, **_CLIENT_TIMEOUTS,
-                )  # fmt: skip
+                    self.conninfo,
+                    autocommit=True,
+                    application_name=f"scheduler {self.identity}"[:63],
+                    options=_SERVER_SETTINGS,
+                    **_CLIENT_TIMEOUTS,
+                )
             return bool(self._connection.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()[0])
         except psycopg.Error as error:
             logger.warning("Cannot reach PostgreSQL to take the leader lock (%s); trying again.", error)

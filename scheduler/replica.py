@@ -48,8 +48,12 @@ def run_replica(lock: LeaderLock, runner: TickRunner, *, retry_ms: int, stop: th
         try:
             while not stop.wait(retry_ms / 1000):
                 if not lock.still_held():
-                    emit_event("scheduler.leadership_lost", level=logging.WARNING, scheduler=identity,
-                               reason="the leader lock's session ended")  # fmt: skip
+                    emit_event(
+                        "scheduler.leadership_lost",
+                        level=logging.WARNING,
+                        scheduler=identity,
+                        reason="the leader lock's session ended",
+                    )
                     break
         finally:
             runner.stop()

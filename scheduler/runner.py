@@ -74,8 +74,9 @@ _RECHECK_MARGIN = timedelta(seconds=1)
 class TickRunner:
     """Runs the entries on an APScheduler BackgroundScheduler while this process leads."""
 
-    def __init__(self, entries: Sequence[Entry], *, system: System, identity: str,
-                 metrics: SchedulerMetrics | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, entries: Sequence[Entry], *, system: System, identity: str, metrics: SchedulerMetrics | None = None
+    ) -> None:
         self.entries = list(entries)
         self.system = system
         self.broker = system.broker
@@ -94,14 +95,20 @@ class TickRunner:
             timezone=UTC,
             executors={"default": _TickExecutor(max_workers=TICK_THREADS), _RECHECK_EXECUTOR: PlainExecutor(1)},
             job_defaults={"coalesce": self.coalesce, "misfire_grace_time": self.misfire_grace.total_seconds()},
-        )  # fmt: skip
+        )
         scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
         self._tasks = TaskContext(self.system, self.metrics.begin_term())
         first_ticks = self.resume_points(now=now or datetime.now(UTC))
         for entry in self.entries:
-            scheduler.add_job(self._tick_job, trigger=entry.trigger(), args=(entry,), id=entry.name, name=entry.name,
-                              next_run_time=first_ticks[entry.name],
-                              max_instances=1 if entry.task is not None else TICK_THREADS)  # fmt: skip
+            scheduler.add_job(
+                self._tick_job,
+                trigger=entry.trigger(),
+                args=(entry,),
+                id=entry.name,
+                name=entry.name,
+                next_run_time=first_ticks[entry.name],
+                max_instances=1 if entry.task is not None else TICK_THREADS,
+            )
         self._scheduler = scheduler  # before start: a catch-up tick runs at once, and may schedule a recheck
         scheduler.start()
 
@@ -136,8 +143,13 @@ class TickRunner:
         tick's key is held by a message that may never have been sent."""
         scheduled_for = scheduled_for.astimezone(UTC)
         late_ms = max(0, round((datetime.now(UTC) - scheduled_for).total_seconds() * 1000))
-        fields = {"entry": entry.name, "runs": entry.runs, "scheduled_for": scheduled_for.isoformat(),
-                  "late_ms": late_ms, "scheduler": self.identity}  # fmt: skip
+        fields = {
+            "entry": entry.name,
+            "runs": entry.runs,
+            "scheduled_for": scheduled_for.isoformat(),
+            "late_ms": late_ms,
+            "scheduler": self.identity,
+        }
         if missed:
             self._record(entry, scheduled_for, MISSED, None, f"missed by {late_ms} ms")
             emit_event("schedule.missed", level=logging.WARNING, **fields)
@@ -181,14 +193,25 @@ class TickRunner:
             return
         run_at = datetime.now(UTC) + self.unsent_after + _RECHECK_MARGIN
         self._scheduler.add_job(
-            self.tick, trigger="date", run_date=run_at, args=(entry,), executor=_RECHECK_EXECUTOR,
+            self.tick,
+            trigger="date",
+            run_date=run_at,
+            args=(entry,),
+            executor=_RECHECK_EXECUTOR,
             kwargs={"scheduled_for": scheduled_for, "missed": False, "recheck": False},
-            id=f"{entry.name}@{scheduled_for.isoformat()}", replace_existing=True, misfire_grace_time=None,
-        )  # fmt: skip
-        emit_event("schedule.recheck", entry=entry.name, scheduled_for=scheduled_for.isoformat(),
-                   at=run_at.isoformat(), scheduler=self.identity,
-                   reason="the tick's key is held by a message with no job status: a send under way, or one "
-                          "whose scheduler died before sending")  # fmt: skip
+            id=f"{entry.name}@{scheduled_for.isoformat()}",
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+        emit_event(
+            "schedule.recheck",
+            entry=entry.name,
+            scheduled_for=scheduled_for.isoformat(),
+            at=run_at.isoformat(),
+            scheduler=self.identity,
+            reason="the tick's key is held by a message with no job status: a send under way, or one "
+            "whose scheduler died before sending",
+        )
 
     def _run_task(self, entry: Entry, scheduled_for: datetime, fields: dict[str, Any]) -> str:
         assert self._tasks is not None, "tasks run only while the runner is started"
@@ -203,29 +226,48 @@ class TickRunner:
         emit_event("schedule.ran", result=result, **fields)
         return RAN
 
-    def _record(self, entry: Entry, scheduled_for: datetime, outcome: str, message_id: str | None,
-                detail: str | None) -> None:  # fmt: skip
+    def _record(
+        self, entry: Entry, scheduled_for: datetime, outcome: str, message_id: str | None, detail: str | None
+    ) -> None:
         self.metrics.count_tick(entry.name, outcome)
-        record_tick(self.database, entry.name, scheduled_for=scheduled_for, outcome=outcome, message_id=message_id,
-                    error=detail, fired_by=self.identity)  # fmt: skip
+        record_tick(
+            self.database,
+            entry.name,
+            scheduled_for=scheduled_for,
+            outcome=outcome,
+            message_id=message_id,
+            error=detail,
+            fired_by=self.identity,
+        )
 
     def _report_if_previous_not_started(self, entry: Entry) -> None:
         state = entry_state(self.database, entry.name)
         if state is None or state["last_job_status"] != QUEUED:
             return
-        emit_event("schedule.not_started", level=logging.WARNING, entry=entry.name, runs=entry.runs,
-                   previous_message_id=state["last_message_id"],
-                   previous_scheduled_for=state["last_scheduled_for"].isoformat(),
-                   reason="the previous tick's job has not started: is a worker consuming its queue?")  # fmt: skip
+        emit_event(
+            "schedule.not_started",
+            level=logging.WARNING,
+            entry=entry.name,
+            runs=entry.runs,
+            previous_message_id=state["last_message_id"],
+            previous_scheduled_for=state["last_scheduled_for"].isoformat(),
+            reason="the previous tick's job has not started: is a worker consuming its queue?",
+        )
 
     def _skipped(self, event: JobSubmissionEvent) -> None:
         entry = next(entry for entry in self.entries if entry.name == event.job_id)
         for scheduled_for in event.scheduled_run_times:
             reason = "earlier ticks of this entry were still running"
             self._record(entry, scheduled_for.astimezone(UTC), MISSED, None, reason)
-            emit_event("schedule.missed", level=logging.WARNING, entry=entry.name, runs=entry.runs,
-                       scheduled_for=scheduled_for.astimezone(UTC).isoformat(), scheduler=self.identity,
-                       reason=reason)  # fmt: skip
+            emit_event(
+                "schedule.missed",
+                level=logging.WARNING,
+                entry=entry.name,
+                runs=entry.runs,
+                scheduled_for=scheduled_for.astimezone(UTC).isoformat(),
+                scheduler=self.identity,
+                reason=reason,
+            )
 
 
 class _TickExecutor(BaseExecutor):
@@ -265,8 +307,11 @@ def _run_ticks(job: Job, run_times: list[datetime]) -> list[JobExecutionEvent]:
             job.func(*job.args, scheduled_for=run_time, missed=missed, **job.kwargs)
         except Exception as error:
             logger.exception("Tick %s of entry %r failed; the next tick is unaffected.", run_time.isoformat(), job.id)
-            events.append(JobExecutionEvent(EVENT_JOB_ERROR, job.id, _JOBSTORE, run_time, exception=error,
-                                            traceback=traceback.format_exc()))  # fmt: skip
+            events.append(
+                JobExecutionEvent(
+                    EVENT_JOB_ERROR, job.id, _JOBSTORE, run_time, exception=error, traceback=traceback.format_exc()
+                )
+            )
         else:
             code = EVENT_JOB_MISSED if missed else EVENT_JOB_EXECUTED
             events.append(JobExecutionEvent(code, job.id, _JOBSTORE, run_time))

@@ -48,8 +48,12 @@ class TaskContext:
 
 def refresh_gauges(context: TaskContext) -> str:
     system = context.system
-    snapshot = refresh_system_gauges(system.broker, system.database, registry=context.term.registry,
-                                     stale_after_ms=system.settings.worker_stale_after_ms)  # fmt: skip
+    snapshot = refresh_system_gauges(
+        system.broker,
+        system.database,
+        registry=context.term.registry,
+        stale_after_ms=system.settings.worker_stale_after_ms,
+    )
     return f"{len(snapshot.queues)} queue(s), {len(snapshot.live_workers())} live worker(s)"
 
 
@@ -106,8 +110,9 @@ class SchedulerMetrics:
             term, ticks = self._term, dict(self._ticks)
         leader = GaugeMetricFamily("jobs_scheduler_leader", "1 while this scheduler replica leads, else 0.")
         leader.add_metric([], int(term is not None))
-        counted = CounterMetricFamily("jobs_scheduler_ticks", "Ticks handled by this replica, by entry and outcome.",
-                                      labels=["entry", "outcome"])  # fmt: skip
+        counted = CounterMetricFamily(
+            "jobs_scheduler_ticks", "Ticks handled by this replica, by entry and outcome.", labels=["entry", "outcome"]
+        )
         for (entry, outcome), count in sorted(ticks.items()):
             counted.add_metric([entry, outcome], count)
         yield leader

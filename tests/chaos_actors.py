@@ -76,6 +76,12 @@ def checkpointed_rows(job: str, steps: int, step_s: float) -> None:
     for step in range(first, steps):
         time.sleep(step_s)  # the step's own work
         with checkpoint.saving(step, progress=(step + 1) / steps) as connection:
-            connection.execute(insert(transcript_segments).values(
-                meeting_id=job, idx=step, start_ms=step, end_ms=step + 1, text=str(os.getpid()),
-            ))  # fmt: skip
+            connection.execute(
+                insert(transcript_segments).values(
+                    meeting_id=job,
+                    idx=step,
+                    start_ms=step,
+                    end_ms=step + 1,
+                    text=str(os.getpid()),
+                )
+            )

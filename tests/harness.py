@@ -64,16 +64,26 @@ _SYSTEM_SETTINGS = set(variable_names())
 def run_python(env: Mapping[str, str], code: str, *, timeout_s: float = 60) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter, as an app process would."""
     return subprocess.run(
-        [sys.executable, "-c", code], env=process_env(env), cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout_s, check=False,
-    )  # fmt: skip
+        [sys.executable, "-c", code],
+        env=process_env(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 def run_ops(env: Mapping[str, str], *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ops", *args], env=process_env(env), cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout_s, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "ops", *args],
+        env=process_env(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 class WorkerProcess:
@@ -96,9 +106,13 @@ class WorkerProcess:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
-            command, env=process_env(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            command,
+            env=process_env(env),
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
 
     @property
     def pid(self) -> int:

@@ -18,12 +18,29 @@ START_TIMEOUT_S = 90
 
 SERVICES: dict[str, tuple[int, list[str]]] = {
     "postgresql": (5432, ["bash", "-c", "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"]),
-    "redis": (6379, [
-        "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-        "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
-    ]),
+    "redis": (
+        6379,
+        [
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "-::1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/var/lib/redis",
+            "--logfile",
+            "/var/log/redis/ci.log",
+        ],
+    ),
     "rabbitmq": (5672, ["rabbitmq-server", "-detached"]),
-}  # fmt: skip
+}
 
 
 def answers(port: int) -> bool:

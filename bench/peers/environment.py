@@ -27,8 +27,9 @@ def ensure_peers_environment() -> dict[str, str]:
     versions = _versions(python)
     if versions is None:
         print("bench: installing Celery and RQ into bench/.venv-peers (once) ...", file=sys.stderr, flush=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        *REQUIREMENTS], check=True)  # fmt: skip
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS], check=True
+        )
         versions = _versions(python)
         if versions is None:
             raise RuntimeError("Celery and RQ were installed into bench/.venv-peers but cannot be imported")
@@ -36,7 +37,9 @@ def ensure_peers_environment() -> dict[str, str]:
 
 
 def _versions(python: Path) -> dict[str, str] | None:
-    code = ("import json, celery, rq, kombu, redis; print(json.dumps({'celery': celery.__version__, "
-            "'kombu': kombu.__version__, 'rq': rq.__version__, 'redis': redis.__version__}))")  # fmt: skip
+    code = (
+        "import json, celery, rq, kombu, redis; print(json.dumps({'celery': celery.__version__, "
+        "'kombu': kombu.__version__, 'rq': rq.__version__, 'redis': redis.__version__}))"
+    )
     result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
     return json.loads(result.stdout) if result.returncode == 0 else None

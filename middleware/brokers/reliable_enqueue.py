@@ -28,7 +28,12 @@ def enqueue_until_accepted(broker: dramatiq.Broker, message: dramatiq.Message, *
             broker.enqueue(message, delay=delay)
             return
         except _CONNECTION_ERRORS as error:
-            logger.warning("Could not re-enqueue message %s (%s); trying again in %.1f s. It stays unacked "
-                           "until then, so it cannot be lost.", message.message_id, error, pause_s)  # fmt: skip
+            logger.warning(
+                "Could not re-enqueue message %s (%s); trying again in %.1f s. It stays unacked "
+                "until then, so it cannot be lost.",
+                message.message_id,
+                error,
+                pause_s,
+            )
             time.sleep(pause_s)  # backing off from a broker that is down: nothing to wait on
             pause_s = min(MAX_PAUSE_S, pause_s * 2)

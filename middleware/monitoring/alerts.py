@@ -65,18 +65,28 @@ def evaluate_alerts(
     """The alerts firing now, from queue stats, worker heartbeat rows and the recent failed-job count."""
     served = queues_served(workers, stale_after_ms=rules.stale_after_ms, now=now)
     alerts = [
-        Alert(JOBS_WAITING_WITHOUT_WORKER, stats.queue_name, stats.waiting, 0,
-              f"{stats.waiting} job(s) wait on {stats.queue_name} and no live worker consumes it")
+        Alert(
+            JOBS_WAITING_WITHOUT_WORKER,
+            stats.queue_name,
+            stats.waiting,
+            0,
+            f"{stats.waiting} job(s) wait on {stats.queue_name} and no live worker consumes it",
+        )
         for stats in queues
         if stats.waiting and stats.queue_name not in served
-    ]  # fmt: skip
+    ]
     if failed_recently > rules.failed_threshold:
         window = _describe(rules.failed_window)
         alerts.append(
-            Alert(FAILED_JOBS_ABOVE_THRESHOLD, None, failed_recently, rules.failed_threshold,
-                  f"{failed_recently} job(s) failed in the last {window}, above the threshold of "
-                  f"{rules.failed_threshold}")
-        )  # fmt: skip
+            Alert(
+                FAILED_JOBS_ABOVE_THRESHOLD,
+                None,
+                failed_recently,
+                rules.failed_threshold,
+                f"{failed_recently} job(s) failed in the last {window}, above the threshold of "
+                f"{rules.failed_threshold}",
+            )
+        )
     return alerts
 
 
@@ -92,8 +102,12 @@ def check_alerts(broker: dramatiq.Broker, database: Database, *, rules: AlertRul
     workers = list_worker_heartbeats(database)
     queues = queue_stats(broker, database, stale_after_ms=rules.stale_after_ms, now=now, heartbeats=workers)
     alerts = evaluate_alerts(
-        queues, workers, failed_recently=failed_since(database, now - rules.failed_window), rules=rules, now=now,
-    )  # fmt: skip
+        queues,
+        workers,
+        failed_recently=failed_since(database, now - rules.failed_window),
+        rules=rules,
+        now=now,
+    )
     for alert in alerts:
         emit_event("alert.firing", level=logging.WARNING, **alert.to_dict())
     return AlertCheck(alerts, [stats.queue_name for stats in queues])
@@ -102,8 +116,9 @@ def check_alerts(broker: dramatiq.Broker, database: Database, *, rules: AlertRul
 def alert_metric_families(check: AlertCheck) -> list[Metric]:
     """``jobs_alert_firing{alert, queue_name}``: 1 while an alert fires, else 0 (system-wide alerts have
     queue_name ""), so a Prometheus rule can alert on ``jobs_alert_firing == 1``."""
-    firing = GaugeMetricFamily("jobs_alert_firing", "1 while the alert fires, from the scheduler's last check.",
-                               labels=["alert", "queue_name"])  # fmt: skip
+    firing = GaugeMetricFamily(
+        "jobs_alert_firing", "1 while the alert fires, from the scheduler's last check.", labels=["alert", "queue_name"]
+    )
     fired = {(alert.name, alert.queue or "") for alert in check.alerts}
     for queue_name in sorted(set(check.queue_names)):
         firing.add_metric(

@@ -51,8 +51,9 @@ class SystemSnapshot:
     stale_after_ms: int
 
     def live_workers(self) -> list[dict]:
-        return [worker for worker in self.workers
-                if is_live(worker, stale_after_ms=self.stale_after_ms, now=self.taken_at)]  # fmt: skip
+        return [
+            worker for worker in self.workers if is_live(worker, stale_after_ms=self.stale_after_ms, now=self.taken_at)
+        ]
 
 
 def take_snapshot(
@@ -81,9 +82,10 @@ def metric_families(snapshot: SystemSnapshot) -> list[Metric]:
     a comparison always has a series to work on."""
     messages = GaugeMetricFamily("jobs_queue_messages", "Messages per queue and state.", labels=["queue_name", "state"])
     oldest = GaugeMetricFamily(
-        "jobs_queue_oldest_waiting_age_seconds", "Age of the oldest waiting message; 0 when none waits.",
+        "jobs_queue_oldest_waiting_age_seconds",
+        "Age of the oldest waiting message; 0 when none waits.",
         labels=["queue_name"],
-    )  # fmt: skip
+    )
     live = GaugeMetricFamily(
         "jobs_queue_live_workers", "Workers with a fresh heartbeat that serve the queue.", labels=["queue_name"]
     )
@@ -91,14 +93,15 @@ def metric_families(snapshot: SystemSnapshot) -> list[Metric]:
         "jobs_dead_letters_unresolved", "Unresolved rows of the dead_letters table.", labels=["queue_name", "kind"]
     )
     heartbeat_age = GaugeMetricFamily(
-        "jobs_worker_heartbeat_age_seconds", "Time since each worker process's last heartbeat row.",
+        "jobs_worker_heartbeat_age_seconds",
+        "Time since each worker process's last heartbeat row.",
         labels=["worker_id", "host"],
-    )  # fmt: skip
+    )
     idle = GaugeMetricFamily(
         "jobs_worker_idle_seconds",
         "0 while the worker runs a job, else the time since its last job ended (or it started).",
         labels=["worker_id", "queue_name"],
-    )  # fmt: skip
+    )
     live_workers = snapshot.live_workers()
     queue_names = sorted({stats.queue_name for stats in snapshot.queues} | {queue for queue, _ in snapshot.unresolved})
     by_name = {stats.queue_name: stats for stats in snapshot.queues}

@@ -103,11 +103,20 @@ def _enqueue_pipelined(
             # The arguments of the broker's own do_enqueue (RedisBroker._dispatch), run in the pipeline.
             enqueue(
                 keys=[broker.namespace],
-                args=["enqueue", current_millis(), queue_name, broker.broker_id, broker.heartbeat_timeout,
-                      broker.dead_message_ttl, broker._should_do_maintenance("enqueue"), broker._max_unpack_size(),
-                      message.options["redis_message_id"], message.encode()],
+                args=[
+                    "enqueue",
+                    current_millis(),
+                    queue_name,
+                    broker.broker_id,
+                    broker.heartbeat_timeout,
+                    broker.dead_message_ttl,
+                    broker._should_do_maintenance("enqueue"),
+                    broker._max_unpack_size(),
+                    message.options["redis_message_id"],
+                    message.encode(),
+                ],
                 client=pipeline,
-            )  # fmt: skip
+            )
         try:
             pipeline.execute()
         except Exception as error:

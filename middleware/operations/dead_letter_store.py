@@ -69,8 +69,9 @@ class Filters:
         return query
 
 
-def list_dead_letters(database: Database, filters: Filters = Filters(), *, limit: int = 50,
-                      offset: int = 0, with_message: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+def list_dead_letters(
+    database: Database, filters: Filters = Filters(), *, limit: int = 50, offset: int = 0, with_message: bool = False
+) -> list[dict[str, Any]]:
     """Rows newest first, without their traceback, and without their message unless ``with_message``."""
     left_out = ("traceback",) if with_message else ("message", "traceback")
     columns = [column for column in dead_letters.c if column.name not in left_out]
@@ -110,17 +111,27 @@ def requeue(database: Database, broker: dramatiq.Broker, dead_letter_id: int, *,
     if MALFORMED_BODY in payload:
         raise ValueError(f"dead letter {dead_letter_id} holds a malformed message body; there is nothing to requeue")
     options = {key: value for key, value in payload.get("options", {}).items() if key not in _RUN_OPTIONS}
-    message = dramatiq.Message(**{**payload, "options": options, "message_id": str(uuid.uuid4()),
-                                  "message_timestamp": int(time.time() * 1000)})  # fmt: skip
+    message = dramatiq.Message(
+        **{**payload, "options": options, "message_id": str(uuid.uuid4()), "message_timestamp": int(time.time() * 1000)}
+    )
     broker.enqueue(message)
     now = datetime.now(UTC)
-    _update(database, dead_letter_id, requeued_as=message.message_id, requeued_at=now, resolved=True,
-            resolved_at=now, resolved_by=by, notes=row["notes"] or f"requeued as {message.message_id}")  # fmt: skip
+    _update(
+        database,
+        dead_letter_id,
+        requeued_as=message.message_id,
+        requeued_at=now,
+        resolved=True,
+        resolved_at=now,
+        resolved_by=by,
+        notes=row["notes"] or f"requeued as {message.message_id}",
+    )
     return message.message_id
 
 
-def requeue_matching(database: Database, broker: dramatiq.Broker, filters: Filters, *, limit: int,
-                     per_second: float = 50.0) -> list[tuple[int, str]]:  # fmt: skip
+def requeue_matching(
+    database: Database, broker: dramatiq.Broker, filters: Filters, *, limit: int, per_second: float = 50.0
+) -> list[tuple[int, str]]:
     """Requeue up to ``limit`` unresolved rows, paced at ``per_second`` so a backlog does not flood workers."""
     if per_second <= 0:
         raise ValueError("per_second must be positive")
@@ -152,10 +163,14 @@ def stats(database: Database) -> list[dict[str, Any]]:
     )
     with database.engine.connect() as connection:
         return [
-            {"queue": row.queue_name, "total": row.total, "resolved": int(row.resolved or 0),
-             "unresolved": row.total - int(row.resolved or 0)}
+            {
+                "queue": row.queue_name,
+                "total": row.total,
+                "resolved": int(row.resolved or 0),
+                "unresolved": row.total - int(row.resolved or 0),
+            }
             for row in connection.execute(query)
-        ]  # fmt: skip
+        ]
 
 
 def reconcile(database: Database, broker: dramatiq.Broker, *, queues: Iterable[str] = ()) -> int:
@@ -177,9 +192,13 @@ def _record_missing(database: Database, rows: list[dict[str, Any]]) -> int:
     recorded when it failed, so one query that finds them spares a transaction each."""
     recorded = 0
     with database.transaction() as connection:
-        known = set(connection.scalars(select(dead_letters.c.message_id).where(
-            dead_letters.c.message_id.in_([row["message_id"] for row in rows])
-        )))  # fmt: skip
+        known = set(
+            connection.scalars(
+                select(dead_letters.c.message_id).where(
+                    dead_letters.c.message_id.in_([row["message_id"] for row in rows])
+                )
+            )
+        )
         for row in rows:
             if row["message_id"] not in known and insert_dead_letter(connection, row) is not None:
                 recorded += 1
@@ -204,19 +223,30 @@ def _reconciled_row(queue_name: str, dead_id: str, body: bytes) -> dict[str, Any
         message = dramatiq.Message.decode(body)
     except DecodeError as error:
         return {
-            "queue_name": queue_name, "actor_name": "(unknown)", "message_id": dead_id,
+            "queue_name": queue_name,
+            "actor_name": "(unknown)",
+            "message_id": dead_id,
             "message": {MALFORMED_BODY: body[:10_000].decode("utf-8", errors="replace")},
-            "error_type": "DecodeError", "error_message": f"malformed message body: {error.__cause__ or error}",
-            "traceback": None, "attempts": 0, "kind": FATAL, "failed_at": now,
-        }  # fmt: skip
+            "error_type": "DecodeError",
+            "error_message": f"malformed message body: {error.__cause__ or error}",
+            "traceback": None,
+            "attempts": 0,
+            "kind": FATAL,
+            "failed_at": now,
+        }
     return {
-        "queue_name": queue_name, "actor_name": message.actor_name, "message_id": message.message_id,
-        "message": message_payload(message), "error_type": "Unrecorded",
+        "queue_name": queue_name,
+        "actor_name": message.actor_name,
+        "message_id": message.message_id,
+        "message": message_payload(message),
+        "error_type": "Unrecorded",
         "error_message": "recorded by reconcile from the broker's dead-letter queue: the final error was "
-                         "not captured (the database was unreachable when the job failed)",
-        "traceback": message.options.get("traceback"), "attempts": max(1, message.options.get("retries", 0)),
-        "kind": RETRYABLE, "failed_at": now,
-    }  # fmt: skip
+        "not captured (the database was unreachable when the job failed)",
+        "traceback": message.options.get("traceback"),
+        "attempts": max(1, message.options.get("retries", 0)),
+        "kind": RETRYABLE,
+        "failed_at": now,
+    }
 
 
 def broker_dead_letters(broker: dramatiq.Broker, queue_name: str) -> Iterator[tuple[str, bytes]]:
@@ -227,8 +257,9 @@ def broker_dead_letters(broker: dramatiq.Broker, queue_name: str) -> Iterator[tu
     if isinstance(broker, RedisBroker):
         # A page at a time (a failure storm can leave a week of dead letters there): a message dead-lettered
         # meanwhile may be missed, and is found by the next reconcile.
-        for redis_message_id, body in broker.client.hscan_iter(bodies_key(broker, xq_name(queue_name)),
-                                                               count=RECONCILE_PAGE):  # fmt: skip
+        for redis_message_id, body in broker.client.hscan_iter(
+            bodies_key(broker, xq_name(queue_name)), count=RECONCILE_PAGE
+        ):
             yield redis_message_id.decode(), body
     elif isinstance(broker, RabbitmqBroker):
         yield from _rabbitmq_dead_letters(broker, xq_name(queue_name))

@@ -84,8 +84,9 @@ def queue_stats(
         raise BrokerUnavailable(f"cannot read the broker's queues: {type(error).__name__}: {detail}") from error
 
 
-def _queue_stats(broker: dramatiq.Broker, database: Database, heartbeats: list[dict[str, Any]], *,
-                 stale_after_ms: int, now: datetime) -> list[QueueStats]:  # fmt: skip
+def _queue_stats(
+    broker: dramatiq.Broker, database: Database, heartbeats: list[dict[str, Any]], *, stale_after_ms: int, now: datetime
+) -> list[QueueStats]:
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
     from dramatiq.brokers.redis import RedisBroker
     from dramatiq.brokers.stub import StubBroker
@@ -106,11 +107,15 @@ def _queue_stats(broker: dramatiq.Broker, database: Database, heartbeats: list[d
     waiting_since = _oldest_queued(database, [name for name, (waiting, _, _) in counts.items() if waiting])
     return [
         QueueStats(
-            queue_name=name, waiting=waiting, delayed=delayed + held.get(name, 0), in_progress=running.get(name, 0),
-            dead=dead, oldest_waiting_age_s=_age_s(now, waiting_since.get(name)) if waiting else None,
+            queue_name=name,
+            waiting=waiting,
+            delayed=delayed + held.get(name, 0),
+            in_progress=running.get(name, 0),
+            dead=dead,
+            oldest_waiting_age_s=_age_s(now, waiting_since.get(name)) if waiting else None,
         )
         for name, (waiting, delayed, dead) in counts.items()
-    ]  # fmt: skip
+    ]
 
 
 # One atomic read per queue. A nil inside a Lua table would cut the reply short, so the head
@@ -126,15 +131,24 @@ return {redis.call("llen", KEYS[1]), redis.call("hlen", KEYS[2]), redis.call("hl
 
 def _redis_queue(broker: Any, name: str, now: datetime) -> QueueStats:
     prefix = f"{broker.namespace}:"
-    reply = broker.client.eval(_REDIS_SNAPSHOT, 4, f"{prefix}{name}", bodies_key(broker, name),
-                               bodies_key(broker, dq_name(name)), f"{prefix}{xq_name(name)}")  # fmt: skip
+    reply = broker.client.eval(
+        _REDIS_SNAPSHOT,
+        4,
+        f"{prefix}{name}",
+        bodies_key(broker, name),
+        bodies_key(broker, dq_name(name)),
+        f"{prefix}{xq_name(name)}",
+    )
     waiting, stored, delayed, dead = (int(value) for value in reply[:4])
     head = reply[4] if len(reply) > 4 else None
     return QueueStats(
-        queue_name=name, waiting=waiting, delayed=delayed,
+        queue_name=name,
+        waiting=waiting,
+        delayed=delayed,
         in_progress=max(0, stored - waiting),  # every message of the queue is stored; the rest were fetched
-        dead=dead, oldest_waiting_age_s=_redis_head_age_s(head, now),
-    )  # fmt: skip
+        dead=dead,
+        oldest_waiting_age_s=_redis_head_age_s(head, now),
+    )
 
 
 def _redis_head_age_s(body: bytes | None, now: datetime) -> float | None:

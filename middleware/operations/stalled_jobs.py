@@ -58,8 +58,12 @@ class SweepReport:
     unverified: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"examined": self.examined, "handed_back": self.handed_back, "lost": self.lost,
-                "unverified": self.unverified}  # fmt: skip
+        return {
+            "examined": self.examined,
+            "handed_back": self.handed_back,
+            "lost": self.lost,
+            "unverified": self.unverified,
+        }
 
 
 def sweep_stalled_jobs(broker: dramatiq.Broker, database: Database, *, stalled_after: timedelta) -> SweepReport:
@@ -72,8 +76,11 @@ def sweep_stalled_jobs(broker: dramatiq.Broker, database: Database, *, stalled_a
     by_queue: dict[str, list[str]] = defaultdict(list)
     for row in rows:
         by_queue[row["queue_name"]].append(row["message_id"])
-    held = {message_id for queue_name, message_ids in by_queue.items()
-            for message_id in _held_message_ids(broker, queue_name, message_ids)}  # fmt: skip
+    held = {
+        message_id
+        for queue_name, message_ids in by_queue.items()
+        for message_id in _held_message_ids(broker, queue_name, message_ids)
+    }
     for row in rows:
         if row["message_id"] in held:
             continue
@@ -85,16 +92,19 @@ def sweep_stalled_jobs(broker: dramatiq.Broker, database: Database, *, stalled_a
             _enqueue_again(broker, payload)
             report.handed_back.append(row["message_id"])
     if report.unverified:
-        logger.info("%d job(s) have been processing for over %s; the broker cannot be asked whether it holds "
-                    "their messages, so they are left to it.", len(report.unverified), stalled_after)  # fmt: skip
+        logger.info(
+            "%d job(s) have been processing for over %s; the broker cannot be asked whether it holds "
+            "their messages, so they are left to it.",
+            len(report.unverified),
+            stalled_after,
+        )
     return report
 
 
 def _stale_processing_rows(database: Database, *, older_than: timedelta) -> list[dict[str, Any]]:
-    query = select(job_status.c.message_id, job_status.c.actor_name, job_status.c.queue_name,
-                   job_status.c.updated_at).where(
-        job_status.c.status == PROCESSING, job_status.c.updated_at < datetime.now(UTC) - older_than
-    )  # fmt: skip
+    query = select(
+        job_status.c.message_id, job_status.c.actor_name, job_status.c.queue_name, job_status.c.updated_at
+    ).where(job_status.c.status == PROCESSING, job_status.c.updated_at < datetime.now(UTC) - older_than)
     with database.engine.connect() as connection:
         return [dict(row._mapping) for row in connection.execute(query)]
 
@@ -177,8 +187,14 @@ def _claim_hand_back(database: Database, row: dict[str, Any]) -> bool:
         claimed = connection.execute(_unchanged(row).values(updated_at=datetime.now(UTC))).rowcount == 1
     if claimed:
         reason = "stalled: no queue held its message; it resumes from its checkpoint"
-        emit_event("job.handed_back", level=logging.WARNING, message_id=row["message_id"], actor=row["actor_name"],
-                   queue=row["queue_name"], reason=reason)  # fmt: skip
+        emit_event(
+            "job.handed_back",
+            level=logging.WARNING,
+            message_id=row["message_id"],
+            actor=row["actor_name"],
+            queue=row["queue_name"],
+            reason=reason,
+        )
     return claimed
 
 
@@ -186,12 +202,21 @@ def _mark_lost(database: Database, row: dict[str, Any]) -> bool:
     now = datetime.now(UTC)
     error = "lost: no queue holds its message any more and it saved no checkpoint to resume from"
     with database.transaction() as connection:
-        marked = connection.execute(
-            _unchanged(row).values(status=FAILED, error=error, finished_at=now, updated_at=now)
-        ).rowcount == 1  # fmt: skip
+        marked = (
+            connection.execute(
+                _unchanged(row).values(status=FAILED, error=error, finished_at=now, updated_at=now)
+            ).rowcount
+            == 1
+        )
     if marked:
-        emit_event("job.lost", level=logging.ERROR, message_id=row["message_id"], actor=row["actor_name"],
-                   queue=row["queue_name"], error=error)  # fmt: skip
+        emit_event(
+            "job.lost",
+            level=logging.ERROR,
+            message_id=row["message_id"],
+            actor=row["actor_name"],
+            queue=row["queue_name"],
+            error=error,
+        )
     return marked
 
 

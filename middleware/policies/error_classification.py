@@ -27,12 +27,21 @@ from middleware.errors import FatalError
 
 FATAL_HTTP_STATUSES = frozenset({400, 401, 403, 404, 409, 410, 422})
 RETRYABLE_HTTP_STATUSES = frozenset({408, 425, 429})
-_RETRYABLE_CLASS_NAMES = frozenset({
-    "OperationalError", "InterfaceError",  # SQLAlchemy and DB-API: the database is unreachable
-    "ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "TimeoutException",  # httpx
-    "RemoteProtocolError",
-    "ConnectionError", "Timeout",  # requests (its ConnectionError is not the builtin one)
-})  # fmt: skip
+_RETRYABLE_CLASS_NAMES = frozenset(
+    {
+        "OperationalError",
+        "InterfaceError",  # SQLAlchemy and DB-API: the database is unreachable
+        "ConnectError",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "WriteTimeout",
+        "PoolTimeout",
+        "TimeoutException",  # httpx
+        "RemoteProtocolError",
+        "ConnectionError",
+        "Timeout",  # requests (its ConnectionError is not the builtin one)
+    }
+)
 
 
 class ErrorKind(StrEnum):

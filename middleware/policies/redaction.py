@@ -82,8 +82,12 @@ def _collect(value: Any, sensitive_fields: Collection[str], found: set[str], *, 
             found.add(value)
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            _collect(item, sensitive_fields, found,
-                     sensitive=sensitive or (isinstance(key, str) and is_sensitive(key, sensitive_fields)))  # fmt: skip
+            _collect(
+                item,
+                sensitive_fields,
+                found,
+                sensitive=sensitive or (isinstance(key, str) and is_sensitive(key, sensitive_fields)),
+            )
     elif isinstance(value, list | tuple):
         for item in value:
             _collect(item, sensitive_fields, found, sensitive=sensitive)
@@ -100,10 +104,11 @@ def redact_message(
     redacted = dict(payload)
     if isinstance(payload.get("args"), list | tuple):
         redacted["args"] = [
-            REDACTED if index < len(parameter_names) and is_sensitive(parameter_names[index], sensitive_fields)
+            REDACTED
+            if index < len(parameter_names) and is_sensitive(parameter_names[index], sensitive_fields)
             else redact(argument, sensitive_fields)
             for index, argument in enumerate(payload["args"])
-        ]  # fmt: skip
+        ]
     for part in ("kwargs", "options"):
         if part in payload:
             redacted[part] = redact(payload[part], sensitive_fields)
@@ -118,5 +123,6 @@ def positional_parameter_names(broker: dramatiq.Broker, actor_name: str) -> tupl
     except ActorNotFound:
         return ()
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return tuple(parameter.name for parameter in inspect.signature(function).parameters.values()
-                 if parameter.kind in kinds)  # fmt: skip
+    return tuple(
+        parameter.name for parameter in inspect.signature(function).parameters.values() if parameter.kind in kinds
+    )

@@ -76,8 +76,9 @@ def remove_stale_directories(root: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:
-        logger.info("Removed the metrics of %d stopped instance(s): %s.", len(removed),
-                    ", ".join(path.name for path in removed))  # fmt: skip
+        logger.info(
+            "Removed the metrics of %d stopped instance(s): %s.", len(removed), ", ".join(path.name for path in removed)
+        )
     return removed
 
 

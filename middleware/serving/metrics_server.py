@@ -55,8 +55,11 @@ class LiveProcessesCollector:
         return iter(MultiProcessCollector.merge(files, accumulate=True))
 
     def dead_pids(self) -> set[int]:
-        pids = {int(match.group(1)) for path in self.directory.glob("gauge_live*.db")
-                if (match := _PID_OF_FILE.search(path.name))}  # fmt: skip
+        pids = {
+            int(match.group(1))
+            for path in self.directory.glob("gauge_live*.db")
+            if (match := _PID_OF_FILE.search(path.name))
+        }
         return {pid for pid in pids if not process_alive(pid)}
 
 

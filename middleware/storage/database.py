@@ -129,8 +129,9 @@ def upsert(
 PURGE_BATCH = 5_000
 
 
-def delete_in_batches(database: Database, table: Table, *conditions: ColumnElement[bool],
-                      batch_size: int = PURGE_BATCH) -> int:  # fmt: skip
+def delete_in_batches(
+    database: Database, table: Table, *conditions: ColumnElement[bool], batch_size: int = PURGE_BATCH
+) -> int:
     """Delete the rows of ``table`` that match ``conditions``; returns how many were deleted.
 
     On SQLite, ``batch_size`` rows per transaction. A retention purge can match millions of rows,

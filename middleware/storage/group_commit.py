@@ -175,8 +175,12 @@ class GroupCommit:
                     batch[0].error = error
                     settled = batch
                     return True
-                logger.info("A batch of %d writes failed (%s: %s); trying each in a transaction of its own.",
-                            len(batch), type(error).__name__, error)  # fmt: skip
+                logger.info(
+                    "A batch of %d writes failed (%s: %s); trying each in a transaction of its own.",
+                    len(batch),
+                    type(error).__name__,
+                    error,
+                )
                 for write in batch:
                     try:
                         self.commit([write])

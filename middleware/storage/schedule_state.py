@@ -38,9 +38,14 @@ def record_tick(
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
     values = {
-        "entry": entry, "last_scheduled_for": scheduled_for, "last_fired_at": datetime.now(UTC),
-        "last_outcome": outcome, "last_message_id": message_id, "last_error": error, "fired_by": fired_by,
-    }  # fmt: skip
+        "entry": entry,
+        "last_scheduled_for": scheduled_for,
+        "last_fired_at": datetime.now(UTC),
+        "last_outcome": outcome,
+        "last_message_id": message_id,
+        "last_error": error,
+        "fired_by": fired_by,
+    }
     with database.transaction() as connection:
         dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
         insert = dialect.insert(schedule_state).values(**values)

@@ -68,8 +68,16 @@ def row_values(message_id: str, actor_name: str, queue_name: str, status: str, n
     return (message_id, actor_name, queue_name, status, now, now)
 
 
-def finish_values(message_id: str, *, status: str, now: datetime, finished_at: datetime | None,
-                  error: str | None, progress: float | None, attempted: bool = True) -> tuple:  # fmt: skip
+def finish_values(
+    message_id: str,
+    *,
+    status: str,
+    now: datetime,
+    finished_at: datetime | None,
+    error: str | None,
+    progress: float | None,
+    attempted: bool = True,
+) -> tuple:
     """The values of a FINISH write; ``attempted=False`` takes back the attempt its START counted
     (a delivery that a middleware stopped before the actor ran)."""
     return (status, 0 if attempted else 1, now, finished_at, error, progress, message_id)
@@ -203,8 +211,10 @@ class _Cursor:
             return tuple(values)
         # SQLAlchemy's SQLite DateTime stores "YYYY-MM-DD HH:MM:SS.ffffff" (UTC, no offset): the same here,
         # by isoformat (a tenth of strftime's cost, which was a fifth of a status write's CPU).
-        return tuple(value.replace(tzinfo=None).isoformat(" ", "microseconds") if isinstance(value, datetime)
-                     else value for value in values)  # fmt: skip
+        return tuple(
+            value.replace(tzinfo=None).isoformat(" ", "microseconds") if isinstance(value, datetime) else value
+            for value in values
+        )
 
 
 #: Rows per multi-row statement: SQLite takes at most 32,766 parameters a statement, PostgreSQL 65,535.

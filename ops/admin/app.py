@@ -138,8 +138,12 @@ def _add_api(app: FastAPI, system: System, *, max_per_call: int) -> None:
         rows = job_status.list_jobs(database, **filters, limit=limit, offset=(page - 1) * limit)
         return {"total": job_status.count_jobs(database, **filters), "page": page, "limit": limit, "jobs": rows}
 
-    @app.get("/api/jobs/{message_id}", tags=["jobs"], response_model=schemas.Job,
-             responses=error_responses(404, *AUTH_ERRORS))  # fmt: skip
+    @app.get(
+        "/api/jobs/{message_id}",
+        tags=["jobs"],
+        response_model=schemas.Job,
+        responses=error_responses(404, *AUTH_ERRORS),
+    )
     def job(caller: Reader, message_id: Annotated[schemas.MessageId, PathParam()]) -> dict[str, Any]:
         """One job's status and progress."""
         row = job_status.get_job(database, message_id)
@@ -147,8 +151,12 @@ def _add_api(app: FastAPI, system: System, *, max_per_call: int) -> None:
             raise ApiError(404, "not_found", f"there is no job with message id {message_id!r}")
         return row
 
-    @app.get("/api/dead-letters", tags=["dead letters"], response_model=schemas.DeadLetterPage,
-             responses=error_responses(*AUTH_ERRORS))  # fmt: skip
+    @app.get(
+        "/api/dead-letters",
+        tags=["dead letters"],
+        response_model=schemas.DeadLetterPage,
+        responses=error_responses(*AUTH_ERRORS),
+    )
     def dead_letters(
         caller: Reader,
         queue: Annotated[schemas.Name | None, Query()] = None,
@@ -166,42 +174,69 @@ def _add_api(app: FastAPI, system: System, *, max_per_call: int) -> None:
         shown = [_shown(row, broker, sensitive, with_message=False) for row in rows]
         return {"total": total, "page": page, "limit": limit, "dead_letters": shown, "stats": store.stats(database)}
 
-    @app.post("/api/dead-letters/requeue", tags=["dead letters"], response_model=schemas.BulkRequeueResult,
-              responses=error_responses(400, 429, *WRITE_ERRORS), description=bulk_description)  # fmt: skip
+    @app.post(
+        "/api/dead-letters/requeue",
+        tags=["dead letters"],
+        response_model=schemas.BulkRequeueResult,
+        responses=error_responses(400, 429, *WRITE_ERRORS),
+        description=bulk_description,
+    )
     def requeue_matching(caller: Writer, request: Annotated[bulk_request, Body()]) -> dict[str, Any]:  # type: ignore[valid-type]
-        filters = store.Filters(queue=request.queue, actor=request.actor, kind=request.kind, resolved=False,
-                                since=request.since)  # fmt: skip
+        filters = store.Filters(
+            queue=request.queue, actor=request.actor, kind=request.kind, resolved=False, since=request.since
+        )
         matched = store.count_dead_letters(database, filters)
         if request.dry_run:
             return {"matched": matched, "dry_run": True, "requeued": []}
         limiter.spend(caller.fingerprint, min(matched, request.limit))
-        pairs = store.requeue_matching(database, broker, filters, limit=request.limit,
-                                       per_second=REQUEUE_PACE_PER_SECOND)  # fmt: skip
-        logger.info("%d dead letters requeued in bulk through the admin API (token %s).", len(pairs),
-                    caller.fingerprint)  # fmt: skip
-        return {"matched": matched, "dry_run": False,
-                "requeued": [{"id": row_id, "requeued_as": message_id} for row_id, message_id in pairs]}  # fmt: skip
+        pairs = store.requeue_matching(
+            database, broker, filters, limit=request.limit, per_second=REQUEUE_PACE_PER_SECOND
+        )
+        logger.info(
+            "%d dead letters requeued in bulk through the admin API (token %s).", len(pairs), caller.fingerprint
+        )
+        return {
+            "matched": matched,
+            "dry_run": False,
+            "requeued": [{"id": row_id, "requeued_as": message_id} for row_id, message_id in pairs],
+        }
 
-    @app.get("/api/dead-letters/{dead_letter_id}", tags=["dead letters"], response_model=schemas.DeadLetter,
-             responses=error_responses(404, *AUTH_ERRORS))  # fmt: skip
+    @app.get(
+        "/api/dead-letters/{dead_letter_id}",
+        tags=["dead letters"],
+        response_model=schemas.DeadLetter,
+        responses=error_responses(404, *AUTH_ERRORS),
+    )
     def dead_letter(caller: Reader, dead_letter_id: DeadLetterId) -> dict[str, Any]:
         """One dead letter with its traceback and its payload (sensitive fields redacted)."""
         return _shown(_get(database, dead_letter_id), broker, sensitive)
 
-    @app.patch("/api/dead-letters/{dead_letter_id}", tags=["dead letters"], response_model=schemas.DeadLetter,
-               responses=error_responses(400, 404, *WRITE_ERRORS))  # fmt: skip
+    @app.patch(
+        "/api/dead-letters/{dead_letter_id}",
+        tags=["dead letters"],
+        response_model=schemas.DeadLetter,
+        responses=error_responses(400, 404, *WRITE_ERRORS),
+    )
     def resolve(caller: Writer, dead_letter_id: DeadLetterId, change: schemas.ResolveRequest) -> dict[str, Any]:
         """Resolve a dead letter, saying who and why (again to amend the notes)."""
         try:
             row = store.resolve(database, dead_letter_id, by=change.by, notes=change.notes)
         except store.DeadLetterNotFound as error:
             raise ApiError(404, "not_found", str(error)) from None
-        logger.info("Dead letter %d resolved by %s through the admin API (token %s).", dead_letter_id, change.by,
-                    caller.fingerprint)  # fmt: skip
+        logger.info(
+            "Dead letter %d resolved by %s through the admin API (token %s).",
+            dead_letter_id,
+            change.by,
+            caller.fingerprint,
+        )
         return _shown(row, broker, sensitive)
 
-    @app.post("/api/dead-letters/{dead_letter_id}/requeue", tags=["dead letters"], response_model=schemas.Requeued,
-              responses=error_responses(404, 409, 429, *WRITE_ERRORS))  # fmt: skip
+    @app.post(
+        "/api/dead-letters/{dead_letter_id}/requeue",
+        tags=["dead letters"],
+        response_model=schemas.Requeued,
+        responses=error_responses(404, 409, 429, *WRITE_ERRORS),
+    )
     def requeue(caller: Writer, dead_letter_id: DeadLetterId) -> dict[str, Any]:
         """Enqueue the original message again as a new message, linked back to the dead letter.
         A dead letter already requeued, or holding a body that is not a message, gets 409."""
@@ -210,16 +245,28 @@ def _add_api(app: FastAPI, system: System, *, max_per_call: int) -> None:
             message = f"dead letter {dead_letter_id} was already requeued as message {row['requeued_as']}"
             raise ApiError(409, "already_requeued", message)
         if store.MALFORMED_BODY in row["message"]:
-            raise ApiError(409, "not_a_message", f"dead letter {dead_letter_id} holds a malformed body; "
-                           "there is no message to requeue")  # fmt: skip
+            raise ApiError(
+                409,
+                "not_a_message",
+                f"dead letter {dead_letter_id} holds a malformed body; there is no message to requeue",
+            )
         limiter.spend(caller.fingerprint, 1)
         message_id = store.requeue(database, broker, dead_letter_id, by="admin API")
-        logger.info("Dead letter %d requeued as %s through the admin API (token %s).", dead_letter_id, message_id,
-                    caller.fingerprint)  # fmt: skip
+        logger.info(
+            "Dead letter %d requeued as %s through the admin API (token %s).",
+            dead_letter_id,
+            message_id,
+            caller.fingerprint,
+        )
         return {"id": dead_letter_id, "requeued_as": message_id}
 
-    @app.delete("/api/dead-letters/{dead_letter_id}", tags=["dead letters"], status_code=204,
-                response_class=Response, responses=error_responses(404, *WRITE_ERRORS))  # fmt: skip
+    @app.delete(
+        "/api/dead-letters/{dead_letter_id}",
+        tags=["dead letters"],
+        status_code=204,
+        response_class=Response,
+        responses=error_responses(404, *WRITE_ERRORS),
+    )
     def delete(caller: Writer, dead_letter_id: DeadLetterId) -> Response:
         """Delete a dead letter."""
         try:
@@ -257,8 +304,9 @@ def _get(database, dead_letter_id: int) -> dict[str, Any]:
         raise ApiError(404, "not_found", str(error)) from None
 
 
-def _shown(row: dict[str, Any], broker: dramatiq.Broker, sensitive: tuple[str, ...], *,
-           with_message: bool = True) -> dict[str, Any]:  # fmt: skip
+def _shown(
+    row: dict[str, Any], broker: dramatiq.Broker, sensitive: tuple[str, ...], *, with_message: bool = True
+) -> dict[str, Any]:
     """The row as the API shows it: the payload's sensitive fields redacted, and their values
     scrubbed from the error message and traceback, which often repeat an argument."""
     message = row["message"]
@@ -296,8 +344,9 @@ def _add_dashboard(app: FastAPI) -> None:
 
     @app.get("/", include_in_schema=False, response_class=HTMLResponse)
     def dashboard(request: Request) -> HTMLResponse:
-        return templates.TemplateResponse(request, "index.html", {"refresh_ms": DASHBOARD_REFRESH_MS,
-                                                                  "read_write": READ_WRITE})  # fmt: skip
+        return templates.TemplateResponse(
+            request, "index.html", {"refresh_ms": DASHBOARD_REFRESH_MS, "read_write": READ_WRITE}
+        )
 
 
 def _add_security_headers(app: FastAPI) -> None:

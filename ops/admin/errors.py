@@ -24,8 +24,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 logger = logging.getLogger("ops.admin.errors")
 
 #: What Dramatiq's brokers raise when the broker cannot be reached (a requeue, reading queues).
-BROKER_ERRORS = (dramatiq.errors.BrokerConnectionError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                 pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)  # fmt: skip
+BROKER_ERRORS = (
+    dramatiq.errors.BrokerConnectionError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+)
 
 
 class ErrorBody(BaseModel):
@@ -42,8 +47,14 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
-def error_response(status: int, code: str, message: str, *, details: list[dict[str, Any]] | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = ErrorBody(error=code, message=message, details=details)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 

@@ -30,8 +30,9 @@ class RequeueLimiter:
         window = self._limiter.get_window_stats(self._item, token_fingerprint)
         retry_after_s = max(1, math.ceil(window.reset_time - time.time()))
         raise ApiError(
-            429, "rate_limited",
+            429,
+            "rate_limited",
             f"requeues are limited to {self.per_minute} messages per minute per token; {window.remaining} are left "
             f"now and this request needs {count}: retry in {retry_after_s} s",
             headers={"Retry-After": str(retry_after_s)},
-        )  # fmt: skip
+        )

@@ -55,15 +55,17 @@ def _since(text: str) -> datetime:
 Since = Annotated[
     str,
     AfterValidator(_since),
-    WithJsonSchema({
-        "anyOf": [
-            {"type": "string", "pattern": r"^\d{1,12}[smhdw]$"},
-            {"type": "string", "format": "date"},
-            {"type": "string", "format": "date-time"},
-        ],
-        "description": "failed since: a duration ago (24h, 7d) or an ISO date or time (UTC unless it says)",
-    }),
-]  # fmt: skip
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\d{1,12}[smhdw]$"},
+                {"type": "string", "format": "date"},
+                {"type": "string", "format": "date-time"},
+            ],
+            "description": "failed since: a duration ago (24h, 7d) or an ISO date or time (UTC unless it says)",
+        }
+    ),
+]
 
 
 class Session(BaseModel):

@@ -61,16 +61,24 @@ class TokenAuthority:
         if self.open_access:
             return Caller(role=READ_WRITE, fingerprint="dev-mode")
         if not token:
-            raise ApiError(401, "unauthenticated", "send a token: Authorization: Bearer <token>",
-                           headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "send a token: Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         presented = _digest(token)
         role: Role | None = None
         for known, known_role in self._known:  # every token is compared, a match does not stop early
             if hmac.compare_digest(presented, known):
                 role = known_role
         if role is None:
-            raise ApiError(401, "invalid_token", "the token is not valid",
-                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})  # fmt: skip
+            raise ApiError(
+                401,
+                "invalid_token",
+                "the token is not valid",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         return Caller(role=role, fingerprint=presented.hex()[:8])
 
 

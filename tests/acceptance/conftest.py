@@ -17,8 +17,12 @@ WINDOW_MS = 3_000
 
 @pytest.fixture
 def two_workers_env(broker_env: dict[str, str], database_url: str) -> dict[str, str]:
-    return {**broker_env, "DATABASE_URL": database_url, "REDIS_HEARTBEAT_TIMEOUT_MS": str(WINDOW_MS),
-            "REDIS_MAINTENANCE_CHANCE": "0"}  # fmt: skip
+    return {
+        **broker_env,
+        "DATABASE_URL": database_url,
+        "REDIS_HEARTBEAT_TIMEOUT_MS": str(WINDOW_MS),
+        "REDIS_MAINTENANCE_CHANCE": "0",
+    }
 
 
 @pytest.fixture

@@ -55,10 +55,24 @@ class Chaos:
             self.redis_port = free_port()
         # appendfsync always: a SIGKILLed Redis loses no acknowledged write.
         self.redis_process = subprocess.Popen(
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--appendonly", "yes",
-             "--appendfsync", "always", "--save", "", "--dir", str(self.tmp_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                "redis-server",
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--dir",
+                str(self.tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         client = redis.Redis(port=self.redis_port)
         wait_until(lambda: _pings(client), timeout_s=30, what="the chaos Redis to answer")
 
@@ -105,18 +119,30 @@ def test_short_chaos_run(chaos: Chaos, database: str, tmp_path: Path) -> None:
 @pytest.mark.timeout(1900)
 def test_long_chaos_run(chaos: Chaos, database: str, tmp_path: Path) -> None:
     # A disruption every ~10 s: enough to hit most jobs, not so many that two workers never finish.
-    run_chaos(chaos, database, tmp_path, jobs=40, recording_s=60, disruptions=40, action_every_s=10.0,
-              deadline_s=1800)  # fmt: skip
+    run_chaos(chaos, database, tmp_path, jobs=40, recording_s=60, disruptions=40, action_every_s=10.0, deadline_s=1800)
 
 
-def run_chaos(chaos: Chaos, database_url: str, tmp_path: Path, *, jobs: int, recording_s: int, disruptions: int,
-              action_every_s: float, deadline_s: float) -> None:  # fmt: skip
+def run_chaos(
+    chaos: Chaos,
+    database_url: str,
+    tmp_path: Path,
+    *,
+    jobs: int,
+    recording_s: int,
+    disruptions: int,
+    action_every_s: float,
+    deadline_s: float,
+) -> None:
     """Send the jobs, disrupt ``disruptions`` times while they run, then let them finish."""
     proxy = TcpProxy(("127.0.0.1", 5432))
     proxied_url = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    env = {"BROKER_URL": f"redis://127.0.0.1:{chaos.redis_port}/0", "DATABASE_URL": proxied_url,
-           "STATE_DIR": str(tmp_path), "TRANSCRIPTION_ENGINE": "pocketsphinx",
-           "TRANSCRIPTION_SEGMENT_MS": str(SEGMENT_MS)}  # fmt: skip
+    env = {
+        "BROKER_URL": f"redis://127.0.0.1:{chaos.redis_port}/0",
+        "DATABASE_URL": proxied_url,
+        "STATE_DIR": str(tmp_path),
+        "TRANSCRIPTION_ENGINE": "pocketsphinx",
+        "TRANSCRIPTION_SEGMENT_MS": str(SEGMENT_MS),
+    }
     recording = make_long_recording(tmp_path / "meeting.wav", seconds=recording_s)
     meetings = [f"chaos-{n}-{uuid.uuid4().hex[:6]}" for n in range(jobs)]
     expected = recording_s * 1000 // SEGMENT_MS
@@ -125,11 +151,18 @@ def run_chaos(chaos: Chaos, database_url: str, tmp_path: Path, *, jobs: int, rec
     log = log_path.open("wb")
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "ops", "workers", "--workers", "2", "--grace", "30"],
-        env=process_env(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        env=process_env(env),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
-        sent = run_python(env, "from actors.transcription import transcribe\n" + "".join(
-            f"transcribe.send({meeting!r}, {str(recording)!r})\n" for meeting in meetings))  # fmt: skip
+        sent = run_python(
+            env,
+            "from actors.transcription import transcribe\n"
+            + "".join(f"transcribe.send({meeting!r}, {str(recording)!r})\n" for meeting in meetings),
+        )
         assert sent.returncode == 0, sent.stderr
 
         # Every kind early (a short run can finish within a few actions), then kills twice as often.
@@ -149,8 +182,12 @@ def run_chaos(chaos: Chaos, database_url: str, tmp_path: Path, *, jobs: int, rec
                 proxy.restore()
             time.sleep(action_every_s)  # the pace of the chaos, not a wait for a result
         # The chaos is over: every job must now finish by itself.
-        wait_until(lambda: _all_done(engine, meetings, expected), timeout_s=deadline_s, interval_s=1,
-                   what=f"every job to complete after the chaos; see {log_path}")  # fmt: skip
+        wait_until(
+            lambda: _all_done(engine, meetings, expected),
+            timeout_s=deadline_s,
+            interval_s=1,
+            what=f"every job to complete after the chaos; see {log_path}",
+        )
     finally:
         os.kill(supervisor.pid, signal.SIGTERM)
         supervisor.wait(timeout=90)
@@ -192,22 +229,27 @@ class Report:
     def table(self) -> str:
         recoveries = self.recoveries_s
         rows = [
-            ("jobs", self.jobs), ("completed", self.completed), ("dead-lettered", self.dead_lettered),
-            ("lost", len(self.lost)), ("duplicated segments", self.duplicated),
+            ("jobs", self.jobs),
+            ("completed", self.completed),
+            ("dead-lettered", self.dead_lettered),
+            ("lost", len(self.lost)),
+            ("duplicated segments", self.duplicated),
             ("jobs run again from zero after a checkpoint", len(self.restarted_from_zero)),
             # A duplicate delivery (at least once: e.g. a worker killed between moving a delayed
             # message to its queue and acking it) may transcribe a segment the other delivery
             # stores first; the unique index turns it away, so it is wasted work, never stored.
             ("segments transcribed twice (not stored)", self.integrity_errors),
-            ("kills / Redis restarts / PostgreSQL cuts",
-             f"{self.kills} / {self.redis_restarts} / {self.database_cuts}"),
+            (
+                "kills / Redis restarts / PostgreSQL cuts",
+                f"{self.kills} / {self.redis_restarts} / {self.database_cuts}",
+            ),
             ("resumes from a checkpoint", self.resumes),
             # Until the killed worker's job was back in its queue, ready for any worker.
             ("hand-back after a kill p50 / p95 / max (s)", _spread(self.hand_backs_s)),
             # Until the killed job resumed: the hand-back plus the wait for a free worker (the
             # handed-back job queues behind the jobs already waiting).
             ("resumed after a kill p50 / p95 / max (s)", _spread(recoveries)),
-        ]  # fmt: skip
+        ]
         return "\n".join(f"  {name:<42} {value}" for name, value in rows)
 
 
@@ -220,21 +262,32 @@ def _report(engine, meetings: list[str], expected: int, chaos: Chaos, log: str) 
     dead = {row.message["args"][0] for row in dead_rows}
     completed = [meeting for meeting in meetings if distinct.get(meeting) == expected]
     events = [json.loads(line[line.index("{") :]) for line in log.splitlines() if '{"event":' in line]
-    resumed_at = sorted(datetime.fromisoformat(event["timestamp"]).timestamp() for event in events
-                        if event["event"] == "checkpoint.resumed")  # fmt: skip
+    resumed_at = sorted(
+        datetime.fromisoformat(event["timestamp"]).timestamp()
+        for event in events
+        if event["event"] == "checkpoint.resumed"
+    )
     recoveries = _first_after_each(chaos.kills, resumed_at)
-    handed_back_at = sorted(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp() for stamp in re.findall(
-        r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\] .*Handed back a dead worker's messages", log))  # fmt: skip
+    handed_back_at = sorted(
+        datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for stamp in re.findall(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\] .*Handed back a dead worker's messages", log)
+    )
     return Report(
-        jobs=len(meetings), completed=len(completed), dead_lettered=len(dead & set(meetings)),
+        jobs=len(meetings),
+        completed=len(completed),
+        dead_lettered=len(dead & set(meetings)),
         lost=[m for m in meetings if m not in completed and m not in dead],
         duplicated=sum(counts.get(m, 0) - distinct.get(m, 0) for m in meetings),
         integrity_errors=log.count("IntegrityError: (psycopg.errors.UniqueViolation)") // 2,
-        restarted_from_zero=_restarted_from_zero(log), resumes=len(resumed_at), kills=len(chaos.kills),
-        redis_restarts=chaos.redis_restarts, database_cuts=chaos.database_cuts, recoveries_s=recoveries,
+        restarted_from_zero=_restarted_from_zero(log),
+        resumes=len(resumed_at),
+        kills=len(chaos.kills),
+        redis_restarts=chaos.redis_restarts,
+        database_cuts=chaos.database_cuts,
+        recoveries_s=recoveries,
         hand_backs_s=_first_after_each(chaos.kills, handed_back_at, before_next_cause=True),
         dead_letter_kinds=[f"{row.kind}: {row.error_type}" for row in dead_rows],
-    )  # fmt: skip
+    )
 
 
 def _restarted_from_zero(log: str) -> list[str]:

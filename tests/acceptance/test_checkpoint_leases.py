@@ -41,30 +41,48 @@ def test_a_run_taken_for_dead_loses_its_checkpoint_and_writes_nothing_more(
         with engine.connect() as connection:
             return [(idx, int(pid)) for idx, pid in connection.execute(query.order_by(transcript_segments.c.idx))]
 
-    sent = run_python(two_workers_env, f"from tests.chaos_actors import checkpointed_rows; "
-                           f"print(checkpointed_rows.send({job!r}, {STEPS}, {STEP_S}).message_id)")  # fmt: skip
+    sent = run_python(
+        two_workers_env,
+        f"from tests.chaos_actors import checkpointed_rows; "
+        f"print(checkpointed_rows.send({job!r}, {STEPS}, {STEP_S}).message_id)",
+    )
     assert sent.returncode == 0, sent.stderr
     message_id = sent.stdout.strip()
     try:
-        first_pid = wait_until(lambda: len(rows := writers()) >= 2 and rows[0][1], timeout_s=30,
-                               what="two steps stored", interval_s=0.05)  # fmt: skip
+        first_pid = wait_until(
+            lambda: len(rows := writers()) >= 2 and rows[0][1], timeout_s=30, what="two steps stored", interval_s=0.05
+        )
         frozen = next(worker for worker in two_workers if first_pid in worker.children())
         other = next(worker for worker in two_workers if worker is not frozen)
         os.killpg(frozen.process.pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
-        wait_until(lambda: any(event["event"] == "job.start" and event["message_id"] == message_id
-                               for event in other.events()), timeout_s=30,
-                   what="the other worker to take the job over", interval_s=0.05)  # fmt: skip
+        wait_until(
+            lambda: any(
+                event["event"] == "job.start" and event["message_id"] == message_id for event in other.events()
+            ),
+            timeout_s=30,
+            what="the other worker to take the job over",
+            interval_s=0.05,
+        )
         taken_over_s = time.monotonic() - frozen_at
     finally:
         os.killpg(frozen.process.pid, signal.SIGCONT)
     thawed_at = time.monotonic()
-    wait_until(lambda: any(event["event"] == "checkpoint.superseded" for event in frozen.events()), timeout_s=30,
-               what="the thawed run to find out it lost the checkpoint", interval_s=0.05)  # fmt: skip
+    wait_until(
+        lambda: any(event["event"] == "checkpoint.superseded" for event in frozen.events()),
+        timeout_s=30,
+        what="the thawed run to find out it lost the checkpoint",
+        interval_s=0.05,
+    )
     stopped_s = time.monotonic() - thawed_at
     with engine.connect() as connection:
-        wait_until(lambda: connection.scalar(select(job_checkpoints.c.completed_at).where(
-            job_checkpoints.c.message_id == message_id)), timeout_s=60, what="the job to complete")  # fmt: skip
+        wait_until(
+            lambda: connection.scalar(
+                select(job_checkpoints.c.completed_at).where(job_checkpoints.c.message_id == message_id)
+            ),
+            timeout_s=60,
+            what="the job to complete",
+        )
         status = connection.execute(select(job_status).where(job_status.c.message_id == message_id)).one()
     rows = writers()
     events = frozen.events() + other.events()
@@ -82,6 +100,8 @@ def test_a_run_taken_for_dead_loses_its_checkpoint_and_writes_nothing_more(
     assert names.count("job.start") == 2, "the superseded run is not sent again: its message already runs"
     assert "job.retry" not in names and "job.failed" not in names, names
     assert (status.status, status.attempts) == (COMPLETED, 2)
-    print(f"\nRedis+PostgreSQL, {WINDOW_MS} ms window: frozen after {switch} of {STEPS} steps; the other worker "
-          f"took the job over {taken_over_s:.1f} s later; thawed, the old run stopped {stopped_s:.1f} s later, "
-          f"at its next save")  # fmt: skip
+    print(
+        f"\nRedis+PostgreSQL, {WINDOW_MS} ms window: frozen after {switch} of {STEPS} steps; the other worker "
+        f"took the job over {taken_over_s:.1f} s later; thawed, the old run stopped {stopped_s:.1f} s later, "
+        f"at its next save"
+    )

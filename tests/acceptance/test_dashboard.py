@@ -34,8 +34,16 @@ TOKEN = "dashboard-test-token-0123456789"
 #: Rewritten only on request (UPDATE_SCREENSHOTS=1), so that a test run leaves the checkout as it was.
 GUIDE_SCREENSHOTS = ROOT / "docs" / "pages" / "images" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 CUSTOMERS = ("ada@example.com", "grace@example.com", "alan@example.com")
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make setup)")
@@ -43,8 +51,14 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's ch
 
 @pytest.fixture
 def env(sqlite_url: str, redis_namespace: str, tmp_path: Path) -> dict[str, str]:
-    return {"BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace, "DATABASE_URL": sqlite_url,
-            "STATE_DIR": str(tmp_path), "ADMIN_TOKENS": TOKEN, "WORKER_HEARTBEAT_INTERVAL_MS": "500"}  # fmt: skip
+    return {
+        "BROKER_URL": harness.REDIS_TEST_URL,
+        "REDIS_NAMESPACE": redis_namespace,
+        "DATABASE_URL": sqlite_url,
+        "STATE_DIR": str(tmp_path),
+        "ADMIN_TOKENS": TOKEN,
+        "WORKER_HEARTBEAT_INTERVAL_MS": "500",
+    }
 
 
 @pytest.fixture
@@ -65,8 +79,13 @@ def worker(env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
 def server(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log = (tmp_path / "server.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "ops", "serve", "--port", str(port)], env=process_env(env),
-                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ops", "serve", "--port", str(port)],
+        env=process_env(env),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: answers(f"{url}/healthz") or process.poll() is not None, timeout_s=30, what="the server")
@@ -176,8 +195,11 @@ def test_an_operator_logs_in_resolves_and_requeues_dead_letters_and_sees_each_ch
     [requeued] = rows(env, dead_letters, id=second)
     new_message = requeued["requeued_as"]
     assert new_message and new_message in page.locator("#flash").inner_text()
-    wait_until(lambda: rows(env, job_status, message_id=new_message, status="completed"), timeout_s=30,
-               what="the requeued job to complete")  # fmt: skip
+    wait_until(
+        lambda: rows(env, job_status, message_id=new_message, status="completed"),
+        timeout_s=30,
+        what="the requeued job to complete",
+    )
     expect(page.locator("#dl-record dd[data-field=State]")).to_have_text(f"requeued as {new_message[:8]}")
 
     # The jobs view refreshes by itself: the requeued job shows as completed, its bar full.

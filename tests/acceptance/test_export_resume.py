@@ -30,10 +30,19 @@ def test_a_killed_export_resumes_at_its_next_page(
     meeting = f"export-{uuid.uuid4().hex[:8]}"
     database = Database(database_url)
     with database.transaction() as connection:
-        connection.execute(insert(transcript_segments), [
-            {"meeting_id": meeting, "idx": idx, "start_ms": idx * 3_000, "end_ms": idx * 3_000 + 3_000,
-             "text": f"segment {idx}"} for idx in range(SEGMENTS)
-        ])  # fmt: skip
+        connection.execute(
+            insert(transcript_segments),
+            [
+                {
+                    "meeting_id": meeting,
+                    "idx": idx,
+                    "start_ms": idx * 3_000,
+                    "end_ms": idx * 3_000 + 3_000,
+                    "text": f"segment {idx}",
+                }
+                for idx in range(SEGMENTS)
+            ],
+        )
 
     def stored_pages() -> list[int]:
         with database.engine.connect() as connection:

@@ -35,8 +35,11 @@ def test_a_long_checkpointed_job_hands_its_message_back_before_the_consumer_time
         for worker in workers:
             worker.wait_ready()
         marker = tmp_path / "steps"
-        sent = run_python(env, f"from tests.chaos_actors import checkpointed_steps\n"
-                               f"checkpointed_steps.send({str(marker)!r}, {STEPS}, {STEP_S})")  # fmt: skip
+        sent = run_python(
+            env,
+            f"from tests.chaos_actors import checkpointed_steps\n"
+            f"checkpointed_steps.send({str(marker)!r}, {STEPS}, {STEP_S})",
+        )
         assert sent.returncode == 0, sent.stderr
         wait_until(lambda: marker.exists() and "done" in marker.read_text(), timeout_s=60, what="the job to finish")
     finally:

@@ -33,9 +33,13 @@ class SchedulerProcess:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scheduler"], env=process_env(env), cwd=ROOT, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "scheduler"],
+            env=process_env(env),
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def events(self, name: str | None = None) -> list[dict]:
         lines = self.log_path.read_text(errors="replace").splitlines()
@@ -79,11 +83,15 @@ def test_the_standby_takes_over_from_a_killed_leader_and_every_tick_is_enqueued_
     database_url: str, redis_namespace: str, tmp_path: Path
 ) -> None:
     env = {
-        "DATABASE_URL": database_url, "BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace,
-        "STATE_DIR": str(tmp_path), "SCHEDULE_MODULE": "tests.schedules",
+        "DATABASE_URL": database_url,
+        "BROKER_URL": harness.REDIS_TEST_URL,
+        "REDIS_NAMESPACE": redis_namespace,
+        "STATE_DIR": str(tmp_path),
+        "SCHEDULE_MODULE": "tests.schedules",
         # Every tick missed during the takeover is caught up, so none may be missing at the end.
-        "SCHEDULER_COALESCE": "false", "SCHEDULER_MISFIRE_GRACE_MS": "30000",
-    }  # fmt: skip
+        "SCHEDULER_COALESCE": "false",
+        "SCHEDULER_MISFIRE_GRACE_MS": "30000",
+    }
     engine = create_engine(database_url)
     with engine.begin() as connection:  # the PostgreSQL database is shared by the session's tests
         connection.execute(delete(schedule_state).where(schedule_state.c.entry == "tick"))
@@ -98,8 +106,9 @@ def test_the_standby_takes_over_from_a_killed_leader_and_every_tick_is_enqueued_
         took_over = _at(second.wait_for("scheduler.leader", timeout_s=15))
         wait_until(
             lambda: sum(_at(e, "scheduled_for") > took_over + TICK for e in second.events("schedule.enqueued")) >= 2,
-            timeout_s=30, what="two ticks from the new leader",
-        )  # fmt: skip
+            timeout_s=30,
+            what="two ticks from the new leader",
+        )
         assert second.stop() == 0
         assert second.events("scheduler.stopped")
         # No scheduler runs until the next one boots: it catches up the ticks missed meanwhile. A boot
@@ -109,8 +118,11 @@ def test_the_standby_takes_over_from_a_killed_leader_and_every_tick_is_enqueued_
         port = free_port()
         third = SchedulerProcess({**env, "SCHEDULER_METRICS_PORT": str(port)}, log_path=tmp_path / "third.log")
         restarted = _at(third.wait_for("scheduler.leader"))
-        wait_until(lambda: any(_at(e, "scheduled_for") > restarted for e in third.events("schedule.enqueued")),
-                   timeout_s=30, what="a tick after the restart")  # fmt: skip
+        wait_until(
+            lambda: any(_at(e, "scheduled_for") > restarted for e in third.events("schedule.enqueued")),
+            timeout_s=30,
+            what="a tick after the restart",
+        )
         metrics = wait_until(lambda: _scrape(port, "jobs_queue_messages"), timeout_s=10, what="the system gauges")
         assert third.stop() == 0
     finally:
@@ -152,12 +164,20 @@ def _scrape(port: int, wanted: str) -> str | None:
 
 
 def test_a_bad_cron_expression_stops_the_scheduler_at_start_naming_the_entry(tmp_path: Path) -> None:
-    env = {"BROKER_URL": harness.REDIS_TEST_URL, "STATE_DIR": str(tmp_path),
-           "SCHEDULE_MODULE": "tests.schedules:BAD_CRON"}  # fmt: skip
+    env = {
+        "BROKER_URL": harness.REDIS_TEST_URL,
+        "STATE_DIR": str(tmp_path),
+        "SCHEDULE_MODULE": "tests.schedules:BAD_CRON",
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "scheduler"], env=process_env(env), cwd=ROOT, capture_output=True, text=True,
-        timeout=60, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "scheduler"],
+        env=process_env(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: schedule entry 'nightly-report': cron '0 25 * * *' is not a valid crontab expression: "

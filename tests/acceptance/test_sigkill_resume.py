@@ -24,9 +24,11 @@ EXPECTED_SEGMENTS = RECORDING_S * 1000 // SEGMENT_MS
 @pytest.fixture
 def env(broker_env: dict[str, str], database_url: str) -> dict[str, str]:
     return {
-        **broker_env, "DATABASE_URL": database_url, "TRANSCRIPTION_ENGINE": "pocketsphinx",
+        **broker_env,
+        "DATABASE_URL": database_url,
+        "TRANSCRIPTION_ENGINE": "pocketsphinx",
         "TRANSCRIPTION_SEGMENT_MS": str(SEGMENT_MS),
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -43,8 +45,12 @@ def start_mid_job(env: dict[str, str], transcripts: Transcripts, meeting: str, t
     code = f"from actors.transcription import transcribe; transcribe.send({meeting!r}, {str(recording)!r})"
     sent = run_python(env, code)
     assert sent.returncode == 0, sent.stderr
-    wait_until(lambda: len(transcripts.segment_indexes(meeting)) >= 2, timeout_s=60,
-               what="two segments to be stored", interval_s=0.05)  # fmt: skip
+    wait_until(
+        lambda: len(transcripts.segment_indexes(meeting)) >= 2,
+        timeout_s=60,
+        what="two segments to be stored",
+        interval_s=0.05,
+    )
     return worker
 
 
@@ -66,8 +72,12 @@ def test_a_killed_transcription_resumes_from_its_checkpoint(
 
         second = WorkerProcess(env, log_path=tmp_path / "second-worker.log")
         second.wait_ready()
-        resumed = wait_until(lambda: (row := transcripts.checkpoint(meeting)) is not None and row.resumes
-                             and row, timeout_s=90, what="the job to resume", interval_s=0.05)  # fmt: skip
+        resumed = wait_until(
+            lambda: (row := transcripts.checkpoint(meeting)) is not None and row.resumes and row,
+            timeout_s=90,
+            what="the job to resume",
+            interval_s=0.05,
+        )
         recovery_s = time.monotonic() - killed_at
         wait_until(lambda: transcripts.completed(meeting), timeout_s=120, what="the transcript to complete")
     finally:

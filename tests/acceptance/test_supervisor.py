@@ -39,11 +39,18 @@ def test_a_killed_worker_is_restarted_and_its_sibling_is_untouched(
     log = (tmp_path / "supervisor.log").open("wb")
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "ops", "workers", "--workers", "2", "--grace", "20"],
-        env=process_env(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        env=process_env(env),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
-        masters = wait_until(lambda: len(children(supervisor.pid)) == 2 and children(supervisor.pid), timeout_s=30,
-                             what="two dramatiq masters")  # fmt: skip
+        masters = wait_until(
+            lambda: len(children(supervisor.pid)) == 2 and children(supervisor.pid),
+            timeout_s=30,
+            what="two dramatiq masters",
+        )
         victim_master, sibling = masters
         # Each worker is a dramatiq command of its own, so each gets its own liveness port.
         for port in (health_port, health_port + 1):
@@ -51,8 +58,11 @@ def test_a_killed_worker_is_restarted_and_its_sibling_is_untouched(
         namespace = env["REDIS_NAMESPACE"]
         victim = wait_until(lambda: worker_processes(namespace, victim_master), timeout_s=60, what="a worker")[0]
         os.kill(victim, signal.SIGKILL)
-        replaced = wait_until(lambda: (now := children(supervisor.pid)) and victim_master not in now and len(now) == 2
-                              and now, timeout_s=60, what="the dead worker to be restarted")  # fmt: skip
+        replaced = wait_until(
+            lambda: (now := children(supervisor.pid)) and victim_master not in now and len(now) == 2 and now,
+            timeout_s=60,
+            what="the dead worker to be restarted",
+        )
         assert sibling in replaced, "the other worker keeps running"
         assert supervisor.poll() is None
     finally:

@@ -20,14 +20,20 @@ STALE_AFTER_MS = 3_000  # generous: on a loaded 2-core machine a 200 ms beat can
 
 @pytest.fixture
 def env(broker_env: dict[str, str], database_url: str) -> dict[str, str]:
-    return {**broker_env, "DATABASE_URL": database_url, "WORKER_HEARTBEAT_INTERVAL_MS": "200",
-            "WORKER_STALE_AFTER_MS": str(STALE_AFTER_MS), "WORKER_HEALTH_PORT": str(free_port())}  # fmt: skip
+    return {
+        **broker_env,
+        "DATABASE_URL": database_url,
+        "WORKER_HEARTBEAT_INTERVAL_MS": "200",
+        "WORKER_STALE_AFTER_MS": str(STALE_AFTER_MS),
+        "WORKER_HEALTH_PORT": str(free_port()),
+    }
 
 
 @pytest.fixture
 def worker(env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(env, queues=["health"], threads=2, log_path=tmp_path / "worker.log",
-                           modules=("tests.health_actors",))  # fmt: skip
+    worker = WorkerProcess(
+        env, queues=["health"], threads=2, log_path=tmp_path / "worker.log", modules=("tests.health_actors",)
+    )
     worker.wait_ready()
     yield worker
     worker.stop()
@@ -68,26 +74,45 @@ def test_a_workers_heartbeat_shows_its_stats_until_it_is_killed_and_health_names
     assert code == 0, "one failure in four jobs is too few to judge a failure rate by"
     [row] = report["workers"]
     assert (row["processed"], row["failed"], row["in_progress"], row["queues"], row["version"]) == (
-        3, 1, 1, ["health"], "0.1.0",
-    )  # fmt: skip
-    assert row["current_job"] == {"message_id": row["current_jobs"][0]["message_id"], "actor_name": "half_done_until",
-                                  "progress": 0.5}  # fmt: skip
+        3,
+        1,
+        1,
+        ["health"],
+        "0.1.0",
+    )
+    assert row["current_job"] == {
+        "message_id": row["current_jobs"][0]["message_id"],
+        "actor_name": "half_done_until",
+        "progress": 0.5,
+    }
     assert (row["healthy"], row["pid"], row["last_job_finished_at"] is not None) == (True, worker.children()[0], True)
 
     release.touch()
-    wait_until(heartbeat(lambda row: row["processed"] == 4 and not row["current_jobs"]), timeout_s=30,
-               what="the fourth job counted")  # fmt: skip
+    wait_until(
+        heartbeat(lambda row: row["processed"] == 4 and not row["current_jobs"]),
+        timeout_s=30,
+        what="the fourth job counted",
+    )
     table = run_ops(env, "queues").stdout.splitlines()
     assert table[0].split() == [
-        "QUEUE_NAME", "WAITING", "DELAYED", "IN_PROGRESS", "DEAD", "OLDEST_WAITING_AGE_S", "UNRESOLVED",
-    ]  # fmt: skip
+        "QUEUE_NAME",
+        "WAITING",
+        "DELAYED",
+        "IN_PROGRESS",
+        "DEAD",
+        "OLDEST_WAITING_AGE_S",
+        "UNRESOLVED",
+    ]
     assert [line.split() for line in table if line.startswith("health ")] == [["health", "0", "0", "0", "1", "-", "1"]]
 
     worker.kill_worker_child()
     send(env, "succeed.send()")  # and nothing serves its queue any more
     stale = timedelta(milliseconds=STALE_AFTER_MS)
-    wait_until(heartbeat(lambda row: datetime.now(UTC) - row["heartbeat_at"] > stale), timeout_s=30,
-               what="the killed worker's heartbeat to go stale")  # fmt: skip
+    wait_until(
+        heartbeat(lambda row: datetime.now(UTC) - row["heartbeat_at"] > stale),
+        timeout_s=30,
+        what="the killed worker's heartbeat to go stale",
+    )
     result = run_ops(env, "health")
     assert result.returncode == 1 and len(result.stdout.splitlines()) == 1, result
     assert result.stdout.startswith(f"worker {row['worker_id']}: no heartbeat for ")

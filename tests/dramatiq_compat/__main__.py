@@ -61,8 +61,19 @@ def download_sdist(version: str) -> Path:
     if sdist.exists():
         return sdist
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-               f"dramatiq=={version}", "--dest", str(CACHE_DIR)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"dramatiq=={version}",
+        "--dest",
+        str(CACHE_DIR),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not sdist.exists():
         raise CompatError(f"pip could not download the sdist of dramatiq {version}:\n{result.stdout}{result.stderr}")
@@ -78,8 +89,11 @@ def extract_suite(sdist: Path, version: str) -> Path:
         sdist_version = HeaderParser().parsestr(pkg_info.read().decode())["Version"] if pkg_info else None
         if sdist_version != version:
             raise CompatError(f"{sdist} holds dramatiq {sdist_version}, not the installed {version}: delete it.")
-        members = [member.replace(name=member.name[len(top) :]) for member in archive.getmembers()
-                   if member.name.startswith(top + "tests/")]  # fmt: skip
+        members = [
+            member.replace(name=member.name[len(top) :])
+            for member in archive.getmembers()
+            if member.name.startswith(top + "tests/")
+        ]
         shutil.rmtree(run_dir, ignore_errors=True)
         archive.extractall(run_dir, members=members, filter="data")
     tests = run_dir / "tests"
@@ -94,12 +108,24 @@ def extract_suite(sdist: Path, version: str) -> Path:
 def run_suite(run_dir: Path, version: str, *, stock: bool, pytest_args: list[str]) -> int:
     stack = "Dramatiq's default middleware" if stock else "our middleware stack"
     print(f"Dramatiq {version}'s own tests against {stack} ({run_dir.relative_to(ROOT)}):", flush=True)
-    env = {**os.environ, "DRAMATIQ_COMPAT_DIFFERENCES": str(DIFFERENCES),
-           "DRAMATIQ_COMPAT_STACK": "stock" if stock else "ours"}  # fmt: skip
+    env = {
+        **os.environ,
+        "DRAMATIQ_COMPAT_DIFFERENCES": str(DIFFERENCES),
+        "DRAMATIQ_COMPAT_STACK": "stock" if stock else "ours",
+    }
     # A reloading dramatiq master re-executes itself as plain `python -m dramatiq`: ours, found first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    command = [sys.executable, "-m", "pytest", "tests", "-p", "no:cacheprovider", f"--timeout={TEST_TIMEOUT_S}",
-               "-rfEX", *pytest_args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests",
+        "-p",
+        "no:cacheprovider",
+        f"--timeout={TEST_TIMEOUT_S}",
+        "-rfEX",
+        *pytest_args,
+    ]
     return subprocess.run(command, cwd=run_dir, env=env, check=False).returncode
 
 

@@ -122,9 +122,13 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Migrated once per session, as an operator would; each test gets a copy (milliseconds)."""
     path = tmp_path_factory.mktemp("sqlite-template") / "jobs.sqlite3"
     result = subprocess.run(
-        [sys.executable, "-m", "ops", "db", "upgrade"], env={**os.environ, "DATABASE_URL": f"sqlite:///{path}"},
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "ops", "db", "upgrade"],
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{path}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return path
 
@@ -306,8 +310,9 @@ def _empty_redis_database(client: redis.Redis) -> None:
 
 def _create_vhost(name: str) -> str:
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"], check=True, capture_output=True
+    )
     return f"{RABBITMQ_URL}/{name}"
 
 

@@ -24,8 +24,11 @@ QUEUE = "acks"
 
 @pytest.fixture
 def broker(redis_namespace: str, database: Database) -> Iterator[RedisBroker]:
-    broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace,
-                         middleware=[JobStatus(database=database, start_write_behind=True)])  # fmt: skip
+    broker = RedisBroker(
+        url=harness.REDIS_TEST_URL,
+        namespace=redis_namespace,
+        middleware=[JobStatus(database=database, start_write_behind=True)],
+    )
     yield broker
     broker.close()
 
@@ -72,8 +75,11 @@ def test_the_worker_thread_goes_on_while_the_status_commit_waits_and_the_acks_fo
 
     def record_apply(writer: StatusWriter, cursor: object, writes: list[Write]) -> None:
         apply(writer, cursor, writes)
-        finished = [write.params[0] if write.kind == RUN else write.params[-1] for write in writes
-                    if write.kind in (RUN, FINISH)]  # fmt: skip
+        finished = [
+            write.params[0] if write.kind == RUN else write.params[-1]
+            for write in writes
+            if write.kind in (RUN, FINISH)
+        ]
         if finished:
             finished_per_commit.append(finished)
 
@@ -91,8 +97,9 @@ def test_the_worker_thread_goes_on_while_the_status_commit_waits_and_the_acks_fo
     try:
         harness.wait_until(lambda: sorted(ran) == [1, 2], timeout_s=10, what="both jobs run by the one worker thread")
         assert broker.client.scard(unacked) == 2, "neither message is acked before its status is saved"
-        statuses = holder.execute("SELECT status FROM job_status WHERE message_id IN (?, ?)",
-                                  (first.message_id, second.message_id)).fetchall()  # fmt: skip
+        statuses = holder.execute(
+            "SELECT status FROM job_status WHERE message_id IN (?, ?)", (first.message_id, second.message_id)
+        ).fetchall()
         assert statuses == [("queued",), ("queued",)]
         holder.rollback()
         harness.wait_until(lambda: broker.client.scard(unacked) == 0, timeout_s=10, what="both acks sent")
@@ -101,8 +108,9 @@ def test_the_worker_thread_goes_on_while_the_status_commit_waits_and_the_acks_fo
         assert acked == sorted([first.message_id, second.message_id])
         rows = [get_job(database, message.message_id) for message in (first, second)]
         assert [(row["status"], row["attempts"], row["unfinished_deliveries"]) for row in rows] == [
-            (COMPLETED, 1, 0), (COMPLETED, 1, 0),
-        ]  # fmt: skip
+            (COMPLETED, 1, 0),
+            (COMPLETED, 1, 0),
+        ]
         assert all(row["started_at"] is not None and row["finished_at"] >= row["started_at"] for row in rows)
     finally:
         holder.close()
@@ -121,8 +129,11 @@ def test_a_stopping_worker_sends_its_deferred_acks_before_its_consumer_closes(
         stopping = threading.Thread(target=worker.stop)
         stopping.start()
         threads = [*worker.workers, *worker.consumers.values()]
-        harness.wait_until(lambda: not any(thread.is_alive() for thread in threads), timeout_s=10,
-                           what="the worker and consumer threads stopped")  # fmt: skip
+        harness.wait_until(
+            lambda: not any(thread.is_alive() for thread in threads),
+            timeout_s=10,
+            what="the worker and consumer threads stopped",
+        )
         stopping.join(timeout=1.0)  # what must not happen: closing the consumer with its ack unsent
         assert stopping.is_alive() and broker.client.sismember(unacked, message.options["redis_message_id"])
     finally:
@@ -140,8 +151,9 @@ def test_an_ack_that_redis_refuses_is_sent_once_redis_is_back(
     monkeypatch.setattr(redis_broker, "ACK_RETRY_DELAY_S", 0.2)
     proxy = TcpProxy(("127.0.0.1", 6379))
     url = harness.REDIS_TEST_URL.replace(":6379/", f":{proxy.port}/")
-    broker = RedisBroker(url=url, namespace=redis_namespace,
-                         middleware=[JobStatus(database=database, start_write_behind=True)])  # fmt: skip
+    broker = RedisBroker(
+        url=url, namespace=redis_namespace, middleware=[JobStatus(database=database, start_write_behind=True)]
+    )
     message, ran = send_one_job(broker)
     holder = hold_status_commits(database)
     worker = start_worker(broker)

@@ -50,15 +50,28 @@ FUZZ_EXAMPLES = 15
 
 def make_system(database_url: str, namespace: str, state_dir: Path, **overrides: str) -> System:
     """Settings read the real way; a broker with the middleware that records status and dead letters."""
-    settings = Settings.from_env({
-        "BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": namespace, "DATABASE_URL": database_url,
-        "STATE_DIR": str(state_dir), "ADMIN_TOKENS": READ_WRITE_TOKEN, "ADMIN_READONLY_TOKENS": READ_ONLY_TOKEN,
-        **overrides,
-    })  # fmt: skip
+    settings = Settings.from_env(
+        {
+            "BROKER_URL": harness.REDIS_TEST_URL,
+            "REDIS_NAMESPACE": namespace,
+            "DATABASE_URL": database_url,
+            "STATE_DIR": str(state_dir),
+            "ADMIN_TOKENS": READ_WRITE_TOKEN,
+            "ADMIN_READONLY_TOKENS": READ_ONLY_TOKEN,
+            **overrides,
+        }
+    )
     database = Database(settings.database_url)
-    broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=namespace, middleware=[
-        CurrentMessage(), DeadLetters(database=database), JobStatus(database=database), Retries(max_retries=0),
-    ])  # fmt: skip
+    broker = RedisBroker(
+        url=harness.REDIS_TEST_URL,
+        namespace=namespace,
+        middleware=[
+            CurrentMessage(),
+            DeadLetters(database=database),
+            JobStatus(database=database),
+            Retries(max_retries=0),
+        ],
+    )
     return System(settings=settings, database=database, broker=broker)
 
 
@@ -94,8 +107,9 @@ def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextmanager
-def running_system(template: Path, directory: Path, *, database_url: str | None = None,
-                   **overrides: str) -> Iterator[System]:  # fmt: skip
+def running_system(
+    template: Path, directory: Path, *, database_url: str | None = None, **overrides: str
+) -> Iterator[System]:
     """A system of its own (a copy of the SQLite template, or ``database_url``; a Redis namespace)
     holding four real dead letters."""
     if database_url is None:
@@ -151,11 +165,16 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
 
 def api_requests(dead_letter: int) -> list[tuple[str, str, dict | None]]:
     return [
-        ("GET", "/api/session", None), ("GET", "/api/health", None), ("GET", "/api/queues", None),
-        ("GET", "/api/jobs", None), ("GET", "/api/jobs/some-id", None), ("GET", "/api/dead-letters", None),
-        ("GET", f"/api/dead-letters/{dead_letter}", None), ("GET", "/openapi.json", None),
+        ("GET", "/api/session", None),
+        ("GET", "/api/health", None),
+        ("GET", "/api/queues", None),
+        ("GET", "/api/jobs", None),
+        ("GET", "/api/jobs/some-id", None),
+        ("GET", "/api/dead-letters", None),
+        ("GET", f"/api/dead-letters/{dead_letter}", None),
+        ("GET", "/openapi.json", None),
         *WRITE_REQUESTS(dead_letter),
-    ]  # fmt: skip
+    ]
 
 
 def WRITE_REQUESTS(dead_letter: int) -> list[tuple[str, str, dict | None]]:
@@ -230,8 +249,9 @@ def test_a_dead_letter_shows_its_traceback_and_its_payload_with_sensitive_fields
 
 def test_resolving_records_who_and_the_notes(system: System, client: TestClient) -> None:
     dead_letter = dead_letter_id(system, "charge")
-    response = client.patch(f"/api/dead-letters/{dead_letter}", json={"by": "ada", "notes": "card replaced"},
-                            headers=WRITE)  # fmt: skip
+    response = client.patch(
+        f"/api/dead-letters/{dead_letter}", json={"by": "ada", "notes": "card replaced"}, headers=WRITE
+    )
     assert response.status_code == 200, response.text
     assert (response.json()["resolved"], response.json()["resolved_by"]) == (True, "ada")
     row = get_dead_letter(system.database, dead_letter)
@@ -364,8 +384,7 @@ def test_the_api_keeps_to_its_openapi_document_under_fuzzing(fuzzed_client: Test
         for mode in map(schemathesis.GenerationMode, modes):
 
             @given(case=operation.as_strategy(generation_mode=mode, headers=WRITE))  # a valid token: never fuzzed
-            @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck))  # fmt: skip
+            @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
             def keeps_to_the_document(case) -> None:
                 case.call_and_validate(headers=WRITE)
 
@@ -389,8 +408,11 @@ def test_serve_refuses_to_start_without_tokens_unless_dev_on_loopback(
     migrated_template: Path, tmp_path: Path, redis_namespace: str
 ) -> None:
     shutil.copyfile(migrated_template, tmp_path / "jobs.sqlite3")
-    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite3'}", "BROKER_URL": harness.REDIS_TEST_URL,
-           "REDIS_NAMESPACE": redis_namespace}  # fmt: skip
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite3'}",
+        "BROKER_URL": harness.REDIS_TEST_URL,
+        "REDIS_NAMESPACE": redis_namespace,
+    }
     refused = run_ops(env, "serve")
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.splitlines() == [refused.stderr.strip()] and "ADMIN_TOKENS" in refused.stderr
@@ -401,9 +423,13 @@ def test_serve_refuses_to_start_without_tokens_unless_dev_on_loopback(
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "ops", "serve", "--dev", "--port", str(port)], env=process_env(env), cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "ops", "serve", "--dev", "--port", str(port)],
+        env=process_env(env),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), timeout_s=30, what="the dev server")
         session = httpx.get(f"http://127.0.0.1:{port}/api/session").json()  # no token needed in dev mode

@@ -17,9 +17,14 @@ def test_a_tiny_run_drains_every_job_and_reports_each_system_against_bare_dramat
     sizes = Sizes(rounds=1, noop_jobs=300, io_jobs=0, enqueue_jobs=300, segments=0, recoveries=0)
     systems = [
         Dramatiq(BARE, "bench.bare_actors", tmp_path, settings=settings),
-        Dramatiq(SQLITE, "bench.stack_actors", tmp_path, database_url=f"sqlite:///{tmp_path / 'b.sqlite3'}",
-                 settings=settings),
-    ]  # fmt: skip
+        Dramatiq(
+            SQLITE,
+            "bench.stack_actors",
+            tmp_path,
+            database_url=f"sqlite:///{tmp_path / 'b.sqlite3'}",
+            settings=settings,
+        ),
+    ]
     _migrate(systems[1])
     results = Results()
     try:
@@ -33,8 +38,17 @@ def test_a_tiny_run_drains_every_job_and_reports_each_system_against_bare_dramat
         assert results.median("noop.drain", name) > 0
         assert results.median("noop.enqueue", name) > 0
         assert results.median("noop.rss", name) > 20, "the workers' peak RSS in MiB was read"
-    report = render(results, settings=settings, sizes=sizes, machine=_machine(), load=((0, 0, 0), (0, 0, 0)),
-                    peer_versions={}, stack=["JobStatus"], seconds=1, command="smoke")  # fmt: skip
+    report = render(
+        results,
+        settings=settings,
+        sizes=sizes,
+        machine=_machine(),
+        load=((0, 0, 0), (0, 0, 0)),
+        peer_versions={},
+        stack=["JobStatus"],
+        seconds=1,
+        command="smoke",
+    )
     [bare_row] = [line for line in report.splitlines() if line.startswith(f"| {BARE} |")]
     assert "| 1.00 |" in bare_row
     assert f"| {SQLITE}: no-op drain >= 0.8 x bare Dramatiq |" in report
@@ -44,8 +58,13 @@ def test_an_ablation_leaves_out_the_named_middleware_and_refuses_a_name_not_in_t
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     full = Dramatiq("full", "bench.stack_actors", tmp_path, database_url=f"sqlite:///{tmp_path / 'b.sqlite3'}")
-    ablated = Dramatiq("JobStatus,JobLogs", "bench.stack_actors", tmp_path, database_url=full.database_url,
-                       without=("JobStatus", "JobLogs"))  # fmt: skip
+    ablated = Dramatiq(
+        "JobStatus,JobLogs",
+        "bench.stack_actors",
+        tmp_path,
+        database_url=full.database_url,
+        without=("JobStatus", "JobLogs"),
+    )
     assert {"JobStatus", "JobLogs"} <= set(_stack_middleware(full))
     assert set(_stack_middleware(full)) - set(_stack_middleware(ablated)) == {"JobStatus", "JobLogs"}
 

@@ -21,21 +21,41 @@ def test_each_save_moves_the_position_and_progress_with_the_output(database_url:
     try:
         started = datetime.now(UTC)
         with database.transaction() as connection:
-            connection.execute(insert(job_status).values(
-                message_id=message.message_id, actor_name="transcribe", queue_name="long", status=PROCESSING,
-                attempts=1, unfinished_deliveries=1, started_at=started, updated_at=started,
-            ))  # fmt: skip
+            connection.execute(
+                insert(job_status).values(
+                    message_id=message.message_id,
+                    actor_name="transcribe",
+                    queue_name="long",
+                    status=PROCESSING,
+                    attempts=1,
+                    unfinished_deliveries=1,
+                    started_at=started,
+                    updated_at=started,
+                )
+            )
         checkpoint = Checkpoint(database=database, key="meeting-1", message=message)
         assert checkpoint.position is None
         for idx in range(3):
             with checkpoint.saving({"idx": idx, "segment_ms": 30_000}, progress=(idx + 1) / 4) as connection:
-                connection.execute(insert(transcript_segments).values(
-                    meeting_id="meeting-1", idx=idx, start_ms=idx * 30_000, end_ms=(idx + 1) * 30_000, text=f"s{idx}",
-                ))  # fmt: skip
+                connection.execute(
+                    insert(transcript_segments).values(
+                        meeting_id="meeting-1",
+                        idx=idx,
+                        start_ms=idx * 30_000,
+                        end_ms=(idx + 1) * 30_000,
+                        text=f"s{idx}",
+                    )
+                )
         with pytest.raises(RuntimeError), checkpoint.saving({"idx": 3}, progress=1.0) as connection:
-            connection.execute(insert(transcript_segments).values(
-                meeting_id="meeting-1", idx=3, start_ms=90_000, end_ms=120_000, text="s3",
-            ))  # fmt: skip
+            connection.execute(
+                insert(transcript_segments).values(
+                    meeting_id="meeting-1",
+                    idx=3,
+                    start_ms=90_000,
+                    end_ms=120_000,
+                    text="s3",
+                )
+            )
             raise RuntimeError("the segment's output failed: neither it nor the position commits")
 
         with database.engine.connect() as connection:

@@ -33,11 +33,17 @@ def test_jobs_sent_during_an_outage_wait_for_the_database_and_spend_no_attempt(
         app_env = {**env, "DATABASE_URL": postgres_url}
         sent = run_python(app_env, "from tests.chaos_actors import checkpointed_steps\n" + sends)
         assert sent.returncode == 0, sent.stderr
-        wait_until(lambda: sum(e["event"] == "job.interrupted" for e in worker.events()) >= 2, timeout_s=30,
-                   what="both worker threads to meet the outage")  # fmt: skip
+        wait_until(
+            lambda: sum(e["event"] == "job.interrupted" for e in worker.events()) >= 2,
+            timeout_s=30,
+            what="both worker threads to meet the outage",
+        )
         proxy.restore()
-        wait_until(lambda: all(marker.exists() and "done" in marker.read_text() for marker in markers),
-                   timeout_s=60, what="every job to run")  # fmt: skip
+        wait_until(
+            lambda: all(marker.exists() and "done" in marker.read_text() for marker in markers),
+            timeout_s=60,
+            what="every job to run",
+        )
     finally:
         worker.stop()
         proxy.close()

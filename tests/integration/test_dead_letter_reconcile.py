@@ -30,8 +30,9 @@ def make_broker(request: pytest.FixtureRequest) -> Iterator:
 
     def make(middleware) -> dramatiq.Broker:
         if request.param == "redis":
-            broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=request.getfixturevalue("redis_namespace"),
-                                 middleware=middleware)  # fmt: skip
+            broker = RedisBroker(
+                url=harness.REDIS_TEST_URL, namespace=request.getfixturevalue("redis_namespace"), middleware=middleware
+            )
         else:
             broker = RabbitmqBroker(url=request.getfixturevalue("rabbitmq_url"), middleware=middleware)
         brokers.append(broker)
@@ -77,8 +78,10 @@ def test_a_long_dead_letter_queue_is_reconciled_a_page_at_a_time(redis_namespace
     broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace)
     database = Database(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
     metadata.create_all(database.engine)
-    dead = [dramatiq.Message(queue_name="storm", actor_name="charge", args=(n,), kwargs={}, options={})
-            for n in range(2 * RECONCILE_PAGE + 500)]  # fmt: skip
+    dead = [
+        dramatiq.Message(queue_name="storm", actor_name="charge", args=(n,), kwargs={}, options={})
+        for n in range(2 * RECONCILE_PAGE + 500)
+    ]
     pipeline = broker.client.pipeline(transaction=False)
     for message in dead:
         pipeline.hset(f"{redis_namespace}:{xq_name('storm')}.msgs", uuid.uuid4().hex, message.encode())
@@ -87,11 +90,21 @@ def test_a_long_dead_letter_queue_is_reconciled_a_page_at_a_time(redis_namespace
     with database.transaction() as connection:
         for message in dead:
             if message.message_id not in missed:
-                insert_dead_letter(connection, {
-                    "queue_name": "storm", "actor_name": "charge", "message_id": message.message_id,
-                    "message": message_payload(message), "error_type": "FatalError", "error_message": "declined",
-                    "traceback": None, "attempts": 1, "kind": FATAL, "failed_at": datetime.now(UTC),
-                })  # fmt: skip
+                insert_dead_letter(
+                    connection,
+                    {
+                        "queue_name": "storm",
+                        "actor_name": "charge",
+                        "message_id": message.message_id,
+                        "message": message_payload(message),
+                        "error_type": "FatalError",
+                        "error_message": "declined",
+                        "traceback": None,
+                        "attempts": 1,
+                        "kind": FATAL,
+                        "failed_at": datetime.now(UTC),
+                    },
+                )
     transactions = []
     event.listen(database.engine, "begin", lambda connection: transactions.append(connection))
     try:

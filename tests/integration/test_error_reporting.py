@@ -33,10 +33,13 @@ def sentry() -> Iterator[HttpSink]:
 @pytest.fixture
 def env(redis_namespace: str, sqlite_url: str, tmp_path: Path, sentry: HttpSink) -> dict[str, str]:
     return {
-        "BROKER_URL": REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace, "DATABASE_URL": sqlite_url,
-        "STATE_DIR": str(tmp_path), "SENTRY_DSN": f"http://public@127.0.0.1:{sentry.port}/1",
+        "BROKER_URL": REDIS_TEST_URL,
+        "REDIS_NAMESPACE": redis_namespace,
+        "DATABASE_URL": sqlite_url,
+        "STATE_DIR": str(tmp_path),
+        "SENTRY_DSN": f"http://public@127.0.0.1:{sentry.port}/1",
         "SENTRY_ENVIRONMENT": "test",
-    }  # fmt: skip
+    }
 
 
 def envelope_items(request: RecordedRequest) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -52,8 +55,13 @@ def envelope_items(request: RecordedRequest) -> list[tuple[dict[str, Any], dict[
 
 
 def sentry_events(sentry: HttpSink) -> list[dict[str, Any]]:
-    return [payload for request in sentry.requests if request.path.endswith("/envelope/")
-            for header, payload in envelope_items(request) if header.get("type") == "event"]  # fmt: skip
+    return [
+        payload
+        for request in sentry.requests
+        if request.path.endswith("/envelope/")
+        for header, payload in envelope_items(request)
+        if header.get("type") == "event"
+    ]
 
 
 def send(env: dict[str, str], calls: str) -> list[str]:
@@ -74,18 +82,25 @@ def status_of(database_url: str, message_id: str) -> str | None:
 def test_only_final_failures_reach_sentry_tagged_and_redacted(
     env: dict[str, str], sentry: HttpSink, tmp_path: Path
 ) -> None:
-    worker = WorkerProcess(env, queues=["observed"], threads=1, log_path=tmp_path / "worker.log",
-                           modules=("tests.observed_actors",))  # fmt: skip
+    worker = WorkerProcess(
+        env, queues=["observed"], threads=1, log_path=tmp_path / "worker.log", modules=("tests.observed_actors",)
+    )
     try:
         worker.wait_ready()
         [recovered] = send(env, f"print(a.flaky.send({str(tmp_path / 'flaky')!r}, 2).message_id)")
-        wait_until(lambda: status_of(env["DATABASE_URL"], recovered) == "completed", timeout_s=30,
-                   what="the job that fails twice, then succeeds")  # fmt: skip
-        exhausted, fatal = send(env, (
-            f"print(a.always_fails.send({str(tmp_path / 'exhausted')!r}, {{'email': {SECRET_EMAIL!r}}}, "
-            f"{SECRET_PASSWORD!r}).message_id)\n"
-            f"print(a.fails_fatally.send({str(tmp_path / 'fatal')!r}, 'https://api.example/meetings/7').message_id)\n"
-        ))  # fmt: skip
+        wait_until(
+            lambda: status_of(env["DATABASE_URL"], recovered) == "completed",
+            timeout_s=30,
+            what="the job that fails twice, then succeeds",
+        )
+        exhausted, fatal = send(
+            env,
+            (
+                f"print(a.always_fails.send({str(tmp_path / 'exhausted')!r}, {{'email': {SECRET_EMAIL!r}}}, "
+                f"{SECRET_PASSWORD!r}).message_id)\n"
+                f"print(a.fails_fatally.send({str(tmp_path / 'fatal')!r}, 'https://api.example/meetings/7').message_id)\n"
+            ),
+        )
         # The SDK sends from one queue, in order: events of the recovered job's attempts, had
         # there been any, would have arrived before these two.
         wait_until(lambda: len(sentry_events(sentry)) >= 2, timeout_s=30, what="two events in Sentry")
@@ -97,22 +112,32 @@ def test_only_final_failures_reach_sentry_tagged_and_redacted(
     by_message = {event["tags"]["message_id"]: event for event in events}
     retried, fatal_event = by_message[exhausted], by_message[fatal]
     assert {name: retried["tags"][name] for name in ("error_kind", "actor", "queue", "attempt")} == {
-        "error_kind": "retryable", "actor": "always_fails", "queue": "observed", "attempt": "3",
-    }  # fmt: skip
+        "error_kind": "retryable",
+        "actor": "always_fails",
+        "queue": "observed",
+        "attempt": "3",
+    }
     assert {name: fatal_event["tags"][name] for name in ("error_kind", "actor", "queue", "attempt")} == {
-        "error_kind": "fatal", "actor": "fails_fatally", "queue": "observed", "attempt": "1",
-    }  # fmt: skip
+        "error_kind": "fatal",
+        "actor": "fails_fatally",
+        "queue": "observed",
+        "attempt": "1",
+    }
     assert [value["type"] for value in retried["exception"]["values"]] == ["ConnectionError"]
     assert fatal_event["exception"]["values"][-1]["type"] == "FatalError"
     assert "answered HTTP 404" in fatal_event["exception"]["values"][-1]["value"]
     assert fatal_event["environment"] == "test"
 
     # Retries leave breadcrumbs, on the event that follows them.
-    retry_crumbs = [crumb["data"]["attempt"] for crumb in retried["breadcrumbs"]["values"]
-                    if crumb["category"] == "job.retry" and crumb["data"]["message_id"] == exhausted]  # fmt: skip
+    retry_crumbs = [
+        crumb["data"]["attempt"]
+        for crumb in retried["breadcrumbs"]["values"]
+        if crumb["category"] == "job.retry" and crumb["data"]["message_id"] == exhausted
+    ]
     assert retry_crumbs == [1, 2]
-    recovered_crumbs = [crumb for crumb in retried["breadcrumbs"]["values"]
-                        if crumb.get("data", {}).get("message_id") == recovered]  # fmt: skip
+    recovered_crumbs = [
+        crumb for crumb in retried["breadcrumbs"]["values"] if crumb.get("data", {}).get("message_id") == recovered
+    ]
     assert [crumb["category"] for crumb in recovered_crumbs] == ["job.retry", "job.retry"]
 
     # The job's arguments travel with the event, the sensitive ones redacted, here and in the error text.

@@ -72,11 +72,14 @@ def test_a_404_fails_once_is_dead_lettered_as_fatal_and_the_next_job_starts_at_o
 ) -> None:
     """The motivating incident: the record behind a queued job was deleted; the API answers 404."""
     sink.respond_with(404)
-    gone, ready = send(env, (
-        "from actors.notifications import send_webhook\n"
-        f"print(send_webhook.send({sink.url('/meetings/deleted')!r}, {{'event': 'transcript.ready'}}).message_id)\n"
-        f"print(send_webhook.send({sink.url('/meetings/ok')!r}, {{'event': 'transcript.ready'}}).message_id)\n"
-    ))  # fmt: skip
+    gone, ready = send(
+        env,
+        (
+            "from actors.notifications import send_webhook\n"
+            f"print(send_webhook.send({sink.url('/meetings/deleted')!r}, {{'event': 'transcript.ready'}}).message_id)\n"
+            f"print(send_webhook.send({sink.url('/meetings/ok')!r}, {{'event': 'transcript.ready'}}).message_id)\n"
+        ),
+    )
     sent_at = time.monotonic()
     sink.wait_for_requests(2, timeout_s=30)
     next_job_after_s = time.monotonic() - sent_at
@@ -99,8 +102,11 @@ def test_a_404_fails_once_is_dead_lettered_as_fatal_and_the_next_job_starts_at_o
     shown = ops_json(env, "dlq", "show", str(failed["id"]))
     assert shown["message"]["args"][0].endswith("/meetings/deleted") and "Traceback" in shown["traceback"]
     [requeued] = ops_json(env, "dlq", "requeue", str(failed["id"]))
-    wait_until(lambda: (row := job(env, requeued["requeued_as"])) and row["status"] == "completed", timeout_s=30,
-               what="the requeued job")  # fmt: skip
+    wait_until(
+        lambda: (row := job(env, requeued["requeued_as"])) and row["status"] == "completed",
+        timeout_s=30,
+        what="the requeued job",
+    )
     assert sink.requests[-1].path == "/meetings/deleted"
     assert ops_json(env, "dlq", "stats") == [{"queue": "notifications", "total": 1, "resolved": 1, "unresolved": 0}]
     assert ops_json(env, "jobs", "show", gone)["status"] == "failed"
@@ -111,12 +117,16 @@ def test_a_503_is_retried_with_the_same_idempotency_key_until_it_succeeds(
     env: dict[str, str], worker: WorkerProcess, sink: HttpSink
 ) -> None:
     sink.respond_with(503, 503)
-    [message_id] = send(env, (
-        "from actors.notifications import send_webhook\n"
-        f"print(send_webhook.send({sink.url()!r}, {{'event': 'x'}}).message_id)\n"
-    ))  # fmt: skip
-    wait_until(lambda: (row := job(env, message_id)) and row["status"] == "completed", timeout_s=60,
-               what="the retried webhook")  # fmt: skip
+    [message_id] = send(
+        env,
+        (
+            "from actors.notifications import send_webhook\n"
+            f"print(send_webhook.send({sink.url()!r}, {{'event': 'x'}}).message_id)\n"
+        ),
+    )
+    wait_until(
+        lambda: (row := job(env, message_id)) and row["status"] == "completed", timeout_s=60, what="the retried webhook"
+    )
     assert len(sink.requests) == 3
     assert {request.headers["idempotency-key"] for request in sink.requests} == {message_id}
     assert job(env, message_id)["attempts"] == 3 and job(env, message_id)["error"] is None
@@ -128,17 +138,20 @@ def test_bad_input_ends_in_the_dead_letter_table_and_the_worker_keeps_serving(
     env: dict[str, str], worker: WorkerProcess, tmp_path: Path
 ) -> None:
     marker = tmp_path / "served"
-    unknown, mismatch, unreadable, served = send(env, (
-        "import dramatiq\n"
-        "from actors import broker\n"
-        "from actors.transcription import transcribe\n"
-        "from tests.chaos_actors import succeed\n"
-        "print(broker.enqueue(dramatiq.Message(queue_name='chaos', actor_name='retired_actor', args=(), kwargs={},"
-        " options={})).message_id)\n"
-        "print(succeed.send_with_options(args=('too', 'many', 'arguments')).message_id)\n"
-        "print(transcribe.send('m-unreadable', '/no/such/recording.wav').message_id)\n"
-        f"print(succeed.send({str(marker)!r}).message_id)\n"
-    ))  # fmt: skip
+    unknown, mismatch, unreadable, served = send(
+        env,
+        (
+            "import dramatiq\n"
+            "from actors import broker\n"
+            "from actors.transcription import transcribe\n"
+            "from tests.chaos_actors import succeed\n"
+            "print(broker.enqueue(dramatiq.Message(queue_name='chaos', actor_name='retired_actor', args=(), kwargs={},"
+            " options={})).message_id)\n"
+            "print(succeed.send_with_options(args=('too', 'many', 'arguments')).message_id)\n"
+            "print(transcribe.send('m-unreadable', '/no/such/recording.wav').message_id)\n"
+            f"print(succeed.send({str(marker)!r}).message_id)\n"
+        ),
+    )
     wait_until(marker.exists, timeout_s=30, what="the good job after the bad ones")
     rows = {
         message_id: wait_until(lambda m=message_id: dead_letter_of(env, m), timeout_s=30, what="a dead letter")
@@ -162,10 +175,10 @@ def test_a_message_that_keeps_killing_its_worker_is_dead_lettered_as_poison(
     # before it has said it is ready.
     worker = WorkerProcess(env, log_path=tmp_path / "worker-0.log", modules=("tests.chaos_actors",))
     worker.wait_ready()
-    [poison] = send(env, (
-        "from tests.chaos_actors import kill_own_worker\n"
-        f"print(kill_own_worker.send({str(marker)!r}).message_id)\n"
-    ))  # fmt: skip
+    [poison] = send(
+        env,
+        (f"from tests.chaos_actors import kill_own_worker\nprint(kill_own_worker.send({str(marker)!r}).message_id)\n"),
+    )
     # No supervisor yet: restart the worker each time the poison message kills it.
     for restart in range(5):
         if restart:  # no wait_ready: the poison message may kill the worker the instant it is ready

@@ -26,12 +26,15 @@ def dead_pid() -> int:
 def test_it_beats_for_its_masters_live_workers_only_and_forgets_dead_ones(redis_namespace: str) -> None:
     broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace, heartbeat_timeout=3_000)
     host, master = socket.gethostname(), os.getppid()
-    broker.client.hset(registry_key(broker), mapping={
-        "alive": f"{host}:{os.getpid()}:{master}",
-        "dead": f"{host}:{dead_pid()}:{master}",
-        "other-master": f"{host}:{os.getpid()}:{master + 1}",
-        "other-host": f"elsewhere:{os.getpid()}:{master}",
-    })  # fmt: skip
+    broker.client.hset(
+        registry_key(broker),
+        mapping={
+            "alive": f"{host}:{os.getpid()}:{master}",
+            "dead": f"{host}:{dead_pid()}:{master}",
+            "other-master": f"{host}:{os.getpid()}:{master + 1}",
+            "other-host": f"elsewhere:{os.getpid()}:{master}",
+        },
+    )
     keeper = HeartbeatKeeper(broker, master_pid=master)
     assert keeper.beat() == 1
     assert [member for member, _ in broker.client.zrange(heartbeats_key(broker), 0, -1, withscores=True)] == [b"alive"]
@@ -58,8 +61,9 @@ def test_the_messages_it_hands_back_are_marked_so_their_next_delivery_counts_its
     broker = RedisBroker(url=harness.REDIS_TEST_URL, namespace=redis_namespace, heartbeat_timeout=3_000)
     client, ns = broker.client, redis_namespace
     keeper = HeartbeatKeeper(broker, master_pid=os.getppid())
-    message = dramatiq.Message(queue_name="orders", actor_name="transcribe", args=(7,), kwargs={},
-                               options={"redis_message_id": "m-1"})  # fmt: skip
+    message = dramatiq.Message(
+        queue_name="orders", actor_name="transcribe", args=(7,), kwargs={}, options={"redis_message_id": "m-1"}
+    )
     client.hset(f"{ns}:orders.msgs", mapping={"m-1": message.encode(), "m-bad": b"not a message"})
 
     for death in (1, 2):  # the worker that got it back dies too

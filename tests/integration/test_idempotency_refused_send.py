@@ -45,9 +45,14 @@ def refused_port() -> int:
 def keyed_broker(url: str, namespace: str, database: Database) -> RedisBroker:
     # One short attempt: redis-py's default retries would only make the unanswered send take longer.
     client = redis.Redis.from_url(url, socket_timeout=0.3, retry=Retry(NoBackoff(), 0))
-    broker = RedisBroker(client=client, namespace=namespace, middleware=[
-        Idempotency(database=database), JobStatus(database=database),
-    ])  # fmt: skip
+    broker = RedisBroker(
+        client=client,
+        namespace=namespace,
+        middleware=[
+            Idempotency(database=database),
+            JobStatus(database=database),
+        ],
+    )
     dramatiq.actor(lambda invoice: None, broker=broker, actor_name="remind", queue_name="reminders")
     return broker
 

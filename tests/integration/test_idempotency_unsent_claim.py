@@ -79,16 +79,23 @@ def ticks_counted(runner: TickRunner, entry: str, outcome: str) -> float:
 def age_claim(database: Database, *, by_ms: int) -> None:
     """The claim as it is ``by_ms`` later: older than any send takes."""
     with database.transaction() as connection:
-        connection.execute(update(idempotency_keys).where(idempotency_keys.c.key == KEY).values(
-            created_at=datetime.now(UTC) - timedelta(milliseconds=by_ms)))  # fmt: skip
+        connection.execute(
+            update(idempotency_keys)
+            .where(idempotency_keys.c.key == KEY)
+            .values(created_at=datetime.now(UTC) - timedelta(milliseconds=by_ms))
+        )
 
 
 @pytest.mark.parametrize("die_in", ["before_enqueue", "after_enqueue"])
 def test_a_sender_killed_inside_a_keyed_send_loses_no_job_and_duplicates_none(
     die_in: str, database_url: str, redis_namespace: str, tmp_path: Path
 ) -> None:
-    env = {"BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace, "DATABASE_URL": database_url,
-           "STATE_DIR": str(tmp_path)}  # fmt: skip
+    env = {
+        "BROKER_URL": harness.REDIS_TEST_URL,
+        "REDIS_NAMESPACE": redis_namespace,
+        "DATABASE_URL": database_url,
+        "STATE_DIR": str(tmp_path),
+    }
     database = Database(database_url)
     redis = harness.redis_client()
     marker = tmp_path / "runs.txt"
@@ -104,8 +111,9 @@ def test_a_sender_killed_inside_a_keyed_send_loses_no_job_and_duplicates_none(
         age_claim(database, by_ms=2 * DEFAULT_UNSENT_AFTER_MS)
         retry = send(env, marker)
 
-        worker = WorkerProcess(env, queues=["observed"], modules=("tests.observed_actors",),
-                               log_path=tmp_path / "worker.log")  # fmt: skip
+        worker = WorkerProcess(
+            env, queues=["observed"], modules=("tests.observed_actors",), log_path=tmp_path / "worker.log"
+        )
         try:
             worker.wait_ready()
             if reached_redis:  # the first message is the job: it runs, and the key stays with it
@@ -115,8 +123,11 @@ def test_a_sender_killed_inside_a_keyed_send_loses_no_job_and_duplicates_none(
                 assert retry != f"duplicate {first.message_id}" and not retry.startswith("duplicate")
                 assert claim_of(database).message_id == retry
                 job = retry
-            wait_until(lambda: (get_job(database, job) or {}).get("status") == COMPLETED, timeout_s=30,
-                       what=f"job {job} to complete")  # fmt: skip
+            wait_until(
+                lambda: (get_job(database, job) or {}).get("status") == COMPLETED,
+                timeout_s=30,
+                what=f"job {job} to complete",
+            )
         finally:
             worker.stop()
         assert marker.read_text().splitlines() == ["attempt 1"], "the job ran once"
@@ -128,10 +139,15 @@ def test_a_sender_killed_inside_a_keyed_send_loses_no_job_and_duplicates_none(
 def test_a_tick_whose_leader_died_between_claiming_its_key_and_sending_is_enqueued_by_the_next_leader(
     sqlite_url: str, redis_namespace: str
 ) -> None:
-    settings = Settings.from_env({
-        "BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace, "DATABASE_URL": sqlite_url,
-        "IDEMPOTENCY_UNSENT_AFTER_MS": "1000", "SCHEDULER_MISFIRE_GRACE_MS": str(2 * 3_600_000),
-    })  # fmt: skip
+    settings = Settings.from_env(
+        {
+            "BROKER_URL": harness.REDIS_TEST_URL,
+            "REDIS_NAMESPACE": redis_namespace,
+            "DATABASE_URL": sqlite_url,
+            "IDEMPOTENCY_UNSENT_AFTER_MS": "1000",
+            "SCHEDULER_MISFIRE_GRACE_MS": str(2 * 3_600_000),
+        }
+    )
     database = Database(sqlite_url)
     broker = build_broker(settings, database)
     actor = dramatiq.actor(lambda kind: None, broker=broker, actor_name="send_report", queue_name="reports")
@@ -139,21 +155,32 @@ def test_a_tick_whose_leader_died_between_claiming_its_key_and_sending_is_enqueu
     tick = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)  # the hour the dead leader was sending
     # What the dead leader did: the tick before was recorded; for this one, every before_enqueue hook
     # (its claim of the tick's key) and no send.
-    record_tick(database, "hourly", scheduled_for=tick - timedelta(hours=1), outcome=ENQUEUED, message_id=None,
-                error=None, fired_by="dead:1")  # fmt: skip
+    record_tick(
+        database,
+        "hourly",
+        scheduled_for=tick - timedelta(hours=1),
+        outcome=ENQUEUED,
+        message_id=None,
+        error=None,
+        fired_by="dead:1",
+    )
     unsent = actor.message_with_options(args=("hourly",), idempotency_key=entry.tick_key(tick))
     broker.emit_before("enqueue", unsent.copy(options={"redis_message_id": str(uuid.uuid4())}), None)
     runner = TickRunner([entry], system=System(settings=settings, database=database, broker=broker), identity="new:1")
     reports = f"{redis_namespace}:reports.msgs"
     try:
         runner.start()  # catches the tick up at once: a duplicate, since the claim is too young to judge
-        sent = wait_until(lambda: harness.redis_client().hvals(reports), timeout_s=15,
-                          what="the tick's second fire to enqueue it")  # fmt: skip
+        sent = wait_until(
+            lambda: harness.redis_client().hvals(reports), timeout_s=15, what="the tick's second fire to enqueue it"
+        )
         [message] = [dramatiq.Message.decode(body) for body in sent]
         assert message.options["idempotency_key"] == entry.tick_key(tick) and message.message_id != unsent.message_id
         assert claim_of(database, entry.tick_key(tick)).message_id == message.message_id
-        wait_until(lambda: entry_state(database, "hourly")["last_outcome"] == ENQUEUED, timeout_s=5,
-                   what="the second fire to be recorded")  # fmt: skip
+        wait_until(
+            lambda: entry_state(database, "hourly")["last_outcome"] == ENQUEUED,
+            timeout_s=5,
+            what="the second fire to be recorded",
+        )
         assert ticks_counted(runner, "hourly", DUPLICATE) == 1, "the catch-up itself was a duplicate"
 
         # Once the tick's message has a job status, a duplicate fire is only that: no second fire.

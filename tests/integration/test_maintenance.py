@@ -46,20 +46,27 @@ def test_a_stalled_job_whose_message_was_lost_is_handed_back_from_its_checkpoint
     own_postgres_url: str, redis_namespace: str, tmp_path: Path
 ) -> None:
     env = {
-        "DATABASE_URL": own_postgres_url, "BROKER_URL": harness.REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace,
-        "STATE_DIR": str(tmp_path), "STALLED_JOB_AFTER_MS": "1000",
-    }  # fmt: skip
+        "DATABASE_URL": own_postgres_url,
+        "BROKER_URL": harness.REDIS_TEST_URL,
+        "REDIS_NAMESPACE": redis_namespace,
+        "STATE_DIR": str(tmp_path),
+        "STALLED_JOB_AFTER_MS": "1000",
+    }
     engine = create_engine(own_postgres_url)
     release = tmp_path / "release"
-    first = WorkerProcess(env, queues=[STALLED_QUEUE], threads=2, log_path=tmp_path / "first.log",
-                          modules=("tests.schedules",))  # fmt: skip
+    first = WorkerProcess(
+        env, queues=[STALLED_QUEUE], threads=2, log_path=tmp_path / "first.log", modules=("tests.schedules",)
+    )
     second = None
     try:
         first.wait_ready()
-        resumable, unresumable = send(env, (
-            f"print(schedules.resumable_steps.send({str(release)!r}, 3).message_id)\n"
-            f"print(schedules.wait_for_release.send({str(release)!r}).message_id)\n"
-        ))  # fmt: skip
+        resumable, unresumable = send(
+            env,
+            (
+                f"print(schedules.resumable_steps.send({str(release)!r}, 3).message_id)\n"
+                f"print(schedules.wait_for_release.send({str(release)!r}).message_id)\n"
+            ),
+        )
 
         def started() -> bool:
             return (
@@ -71,8 +78,13 @@ def test_a_stalled_job_whose_message_was_lost_is_handed_back_from_its_checkpoint
         first.process.wait(timeout=10)
         assert forget_in_redis(redis_namespace, STALLED_QUEUE) > 0
 
-        second = WorkerProcess(env, queues=[STALLED_QUEUE, "maintenance"], threads=2,
-                               log_path=tmp_path / "second.log", modules=("tests.schedules",))  # fmt: skip
+        second = WorkerProcess(
+            env,
+            queues=[STALLED_QUEUE, "maintenance"],
+            threads=2,
+            log_path=tmp_path / "second.log",
+            modules=("tests.schedules",),
+        )
         second.wait_ready()
 
         def stalled() -> bool:
@@ -106,19 +118,36 @@ def test_retention_deletes_finished_jobs_and_expired_keys_only(database_url: str
     database = Database(database_url)
     now = datetime.now(UTC)
     old, recent = now - timedelta(days=8), now - timedelta(days=1)
-    rows = [("old-done", "completed", old), ("old-failed", "failed", old), ("old-running", "processing", old),
-            ("new-done", "completed", recent)]  # fmt: skip
+    rows = [
+        ("old-done", "completed", old),
+        ("old-failed", "failed", old),
+        ("old-running", "processing", old),
+        ("new-done", "completed", recent),
+    ]
     prefix = uuid.uuid4().hex[:8]
     with database.transaction() as connection:
         for name, status, updated_at in rows:
-            connection.execute(insert(job_status).values(
-                message_id=f"{prefix}-{name}", actor_name="a", queue_name="q", status=status, attempts=1,
-                unfinished_deliveries=0, updated_at=updated_at,
-            ))  # fmt: skip
+            connection.execute(
+                insert(job_status).values(
+                    message_id=f"{prefix}-{name}",
+                    actor_name="a",
+                    queue_name="q",
+                    status=status,
+                    attempts=1,
+                    unfinished_deliveries=0,
+                    updated_at=updated_at,
+                )
+            )
         for name, expires_at in (("expired", now - timedelta(seconds=1)), ("live", now + timedelta(hours=1))):
-            connection.execute(insert(idempotency_keys).values(
-                key=f"{prefix}-{name}", message_id="m", actor_name="a", created_at=now, expires_at=expires_at,
-            ))  # fmt: skip
+            connection.execute(
+                insert(idempotency_keys).values(
+                    key=f"{prefix}-{name}",
+                    message_id="m",
+                    actor_name="a",
+                    created_at=now,
+                    expires_at=expires_at,
+                )
+            )
     purge_finished_jobs(database, older_than=timedelta(days=7))
     purge_expired_keys(database)
     message_id, key = job_status.c.message_id, idempotency_keys.c.key
@@ -137,10 +166,21 @@ def test_a_large_purge_holds_sqlite_in_short_transactions_and_postgresql_in_one(
     finished = [(f"{prefix}-{n}", "completed" if n % 2 else "failed", old) for n in range(2 * PURGE_BATCH + 2_000)]
     kept = [(f"{prefix}-running", "processing", old), (f"{prefix}-recent", "completed", recent)]
     with database.transaction() as connection:
-        connection.execute(insert(job_status), [
-            {"message_id": message_id, "actor_name": "a", "queue_name": "q", "status": status, "attempts": 1,
-             "unfinished_deliveries": 0, "updated_at": updated_at} for message_id, status, updated_at in finished + kept
-        ])  # fmt: skip
+        connection.execute(
+            insert(job_status),
+            [
+                {
+                    "message_id": message_id,
+                    "actor_name": "a",
+                    "queue_name": "q",
+                    "status": status,
+                    "attempts": 1,
+                    "unfinished_deliveries": 0,
+                    "updated_at": updated_at,
+                }
+                for message_id, status, updated_at in finished + kept
+            ],
+        )
     transactions = []
     event.listen(database.engine, "begin", transactions.append)
 

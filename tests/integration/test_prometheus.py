@@ -94,10 +94,16 @@ class Prometheus:
         (work_dir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         self._log = (work_dir / "prometheus.log").open("wb")
         self.process = subprocess.Popen(
-            [executable, f"--config.file={work_dir / 'prometheus.yml'}", f"--storage.tsdb.path={work_dir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                executable,
+                f"--config.file={work_dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={work_dir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
         self.started_at = time.time()
         wait_until(self._ready, timeout_s=30, what="Prometheus to start")
@@ -134,9 +140,13 @@ class App:
         self.work_dir = work_dir
         self._log = (work_dir / "app.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.observed_app", str(work_dir), str(metrics_port)], env=process_env(env),
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [sys.executable, "-m", "tests.observed_app", str(work_dir), str(metrics_port)],
+            env=process_env(env),
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def sent(self) -> dict[str, str]:
         path = self.work_dir / "sent.json"
@@ -190,11 +200,17 @@ def status_of(database_url: str, message_ids: list[str]) -> dict[str, str]:
 @pytest.fixture
 def env(redis_namespace: str, sqlite_url: str, tmp_path: Path) -> dict[str, str]:
     return {
-        "BROKER_URL": REDIS_TEST_URL, "REDIS_NAMESPACE": redis_namespace, "DATABASE_URL": sqlite_url,
-        "STATE_DIR": str(tmp_path / "state"), "TRANSCRIPTION_ENGINE": "echo", "TRANSCRIPTION_SEGMENT_MS": "1000",
-        "LARGE_THRESHOLD_MS": "6000", "REDIS_HEARTBEAT_TIMEOUT_MS": "2000",
-        "WORKER_HEARTBEAT_INTERVAL_MS": "500", "WORKER_STALE_AFTER_MS": "3000",
-    }  # fmt: skip
+        "BROKER_URL": REDIS_TEST_URL,
+        "REDIS_NAMESPACE": redis_namespace,
+        "DATABASE_URL": sqlite_url,
+        "STATE_DIR": str(tmp_path / "state"),
+        "TRANSCRIPTION_ENGINE": "echo",
+        "TRANSCRIPTION_SEGMENT_MS": "1000",
+        "LARGE_THRESHOLD_MS": "6000",
+        "REDIS_HEARTBEAT_TIMEOUT_MS": "2000",
+        "WORKER_HEARTBEAT_INTERVAL_MS": "500",
+        "WORKER_STALE_AFTER_MS": "3000",
+    }
 
 
 @pytest.fixture
@@ -203,15 +219,23 @@ def stack(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, Any]]:
     ports = {"workers": free_port(), "ops": free_port(), "app": free_port()}
     prometheus = Prometheus(tmp_path, ports)
     workers = WorkerProcess(
-        {**env, "METRICS_PORT": str(ports["workers"])}, processes=2, threads=2, log_path=tmp_path / "workers.log",
-        queues=["transcription", "transcription-large", "observed"], modules=("tests.observed_actors",),
-    )  # fmt: skip
-    doomed = WorkerProcess(env, queues=["observed-doomed"], log_path=tmp_path / "doomed.log",
-                           modules=("tests.observed_actors",))  # fmt: skip
+        {**env, "METRICS_PORT": str(ports["workers"])},
+        processes=2,
+        threads=2,
+        log_path=tmp_path / "workers.log",
+        queues=["transcription", "transcription-large", "observed"],
+        modules=("tests.observed_actors",),
+    )
+    doomed = WorkerProcess(
+        env, queues=["observed-doomed"], log_path=tmp_path / "doomed.log", modules=("tests.observed_actors",)
+    )
     exporter = subprocess.Popen(
-        [sys.executable, "-m", "ops", "exporter"], env=process_env({**env, "OPS_METRICS_PORT": str(ports["ops"])}),
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(tmp_path / "exporter.log").open("wb"),
-    )  # fmt: skip
+        [sys.executable, "-m", "ops", "exporter"],
+        env=process_env({**env, "OPS_METRICS_PORT": str(ports["ops"])}),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "exporter.log").open("wb"),
+    )
     try:
         yield {"prometheus": prometheus, "workers": workers, "doomed": doomed, "ports": ports}
     finally:
@@ -232,24 +256,40 @@ def test_every_dashboard_query_and_alert_works_on_real_data(
     doomed.wait_ready()
     # Counters start at 0 before any job, and the exporter sees the workers' queue: every increase
     # that follows is visible to rate() and delta().
-    wait_until(lambda: prometheus.samples('jobs_completed_total{job="workers", queue_name="observed"}')
-               and prometheus.samples('jobs_dead_letters_unresolved{queue_name="observed"}'),
-               timeout_s=30, what="Prometheus to scrape the workers and the exporter")  # fmt: skip
+    wait_until(
+        lambda: (
+            prometheus.samples('jobs_completed_total{job="workers", queue_name="observed"}')
+            and prometheus.samples('jobs_dead_letters_unresolved{queue_name="observed"}')
+        ),
+        timeout_s=30,
+        what="Prometheus to scrape the workers and the exporter",
+    )
 
     app = App(env, tmp_path, stack["ports"]["app"])
     try:
         sent = app.sent()
         marker = tmp_path / "doomed"
-        wait_until(lambda: marker.exists() and "start" in marker.read_text(), timeout_s=30,
-                   what="the doomed worker to start its job")  # fmt: skip
+        wait_until(
+            lambda: marker.exists() and "start" in marker.read_text(),
+            timeout_s=30,
+            what="the doomed worker to start its job",
+        )
         doomed.kill_worker_child()
         doomed_queue = f"{env['REDIS_NAMESPACE']}:observed-doomed"
-        wait_until(lambda: redis_client().llen(doomed_queue) == 1, timeout_s=30,
-                   what="the killed worker's job to be handed back")  # fmt: skip
+        wait_until(
+            lambda: redis_client().llen(doomed_queue) == 1,
+            timeout_s=30,
+            what="the killed worker's job to be handed back",
+        )
         finished = {"regular", "large", "recovered", "exhausted", "fatal", "stepped"}
         expected = {name: "failed" if name in ("exhausted", "fatal") else "completed" for name in finished}
-        wait_until(lambda: {name: status_of(env["DATABASE_URL"], [sent[name]]).get(sent[name])
-                            for name in finished} == expected, timeout_s=60, what="every job to finish")  # fmt: skip
+        wait_until(
+            lambda: (
+                {name: status_of(env["DATABASE_URL"], [sent[name]]).get(sent[name]) for name in finished} == expected
+            ),
+            timeout_s=60,
+            what="every job to finish",
+        )
         assert "start 0" in (tmp_path / "stepped").read_text().splitlines()[0]
         assert len((tmp_path / "stepped").read_text().splitlines()) >= 2, "the time limit handed the job back"
 
@@ -257,9 +297,13 @@ def test_every_dashboard_query_and_alert_works_on_real_data(
         assert len({(name, title) for name, title, _ in panels}) == 38
         # Poll until every panel has data (the last scrapes may still be on their way), then check each.
         _wait_for_every_panel(prometheus, panels)
-        wait_until(lambda: all(_alert_selection(prometheus, rule) == EXPECTED_ALERT_SELECTIONS[rule["alert"]]
-                               for rule in alert_rules()), timeout_s=30,
-                   what="the alert expressions to select what this state calls for")  # fmt: skip
+        wait_until(
+            lambda: all(
+                _alert_selection(prometheus, rule) == EXPECTED_ALERT_SELECTIONS[rule["alert"]] for rule in alert_rules()
+            ),
+            timeout_s=30,
+            what="the alert expressions to select what this state calls for",
+        )
         for dashboard, title, target in panels:
             _check_panel_query(prometheus, f"{dashboard}: {title}", target)
         for rule in alert_rules():
@@ -274,8 +318,11 @@ def test_every_dashboard_query_and_alert_works_on_real_data(
 
 def _wait_for_every_panel(prometheus: Prometheus, panels: list[tuple[str, str, dict[str, Any]]]) -> None:
     def empty() -> list[str]:
-        return [f"{name}: {title}: {target['expr']}" for name, title, target in panels
-                if not prometheus.samples(with_grafana_variables(target["expr"]))]  # fmt: skip
+        return [
+            f"{name}: {title}: {target['expr']}"
+            for name, title, target in panels
+            if not prometheus.samples(with_grafana_variables(target["expr"]))
+        ]
 
     try:
         wait_until(lambda: not empty(), timeout_s=30, what="every panel to have data")
@@ -298,8 +345,10 @@ def _check_panel_query(prometheus: Prometheus, where: str, target: dict[str, Any
 def _alert_selection(prometheus: Prometheus, rule: dict[str, Any]) -> list[dict[str, str]]:
     data = prometheus.query(rule["expr"])
     assert data["resultType"] == "vector", f"{rule['alert']}: {data['resultType']}"
-    selected = [{key: value for key, value in sample["metric"].items() if key not in ("__name__", "job", "instance")}
-                for sample in data["result"]]  # fmt: skip
+    selected = [
+        {key: value for key, value in sample["metric"].items() if key not in ("__name__", "job", "instance")}
+        for sample in data["result"]
+    ]
     return sorted(selected, key=lambda labels: sorted(labels.items()))
 
 
@@ -314,8 +363,11 @@ def _check_rules_evaluated(prometheus: Prometheus) -> None:
     assert sorted(rule["name"] for rule in rules) == sorted(EXPECTED_ALERT_SELECTIONS)
     assert all(rule["health"] == "ok" for rule in rules), [(rule["name"], rule.get("lastError")) for rule in rules]
     alerts = prometheus.api("alerts")["alerts"]
-    firing = {(alert["labels"]["alertname"], alert["labels"].get("queue_name")) for alert in alerts
-              if alert["state"] == "firing"}  # fmt: skip
+    firing = {
+        (alert["labels"]["alertname"], alert["labels"].get("queue_name"))
+        for alert in alerts
+        if alert["state"] == "firing"
+    }
     assert ("JobsDeadLettersGrowing", "observed") in firing
 
 
@@ -327,21 +379,26 @@ def _render_panel(prometheus: Prometheus, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    [target] = next(panel["targets"] for panel in json.loads((GRAFANA / "queues-workers.json").read_text())["panels"]
-                    if panel["title"] == "Messages by state")  # fmt: skip
+    [target] = next(
+        panel["targets"]
+        for panel in json.loads((GRAFANA / "queues-workers.json").read_text())["panels"]
+        if panel["title"] == "Messages by state"
+    )
     start, end = prometheus.started_at, time.time()
     data = prometheus.api("query_range", query=with_grafana_variables(target["expr"]), start=start, end=end, step=1)
     by_queue: dict[str, list[dict[str, Any]]] = {}
     for series in data["result"]:
         if any(float(value) for _, value in series["values"]):
             by_queue.setdefault(series["metric"]["queue_name"], []).append(series)
-    figure, axes = plt.subplots(len(by_queue), 1, figsize=(9, 1.6 * len(by_queue) + 0.8), dpi=110, sharex=True,
-                                squeeze=False)  # fmt: skip
+    figure, axes = plt.subplots(
+        len(by_queue), 1, figsize=(9, 1.6 * len(by_queue) + 0.8), dpi=110, sharex=True, squeeze=False
+    )
     for row, (queue_name, queue_series) in zip(axes[:, 0], sorted(by_queue.items()), strict=True):
         for series in sorted(queue_series, key=lambda series: series["metric"]["state"]):
             times = [stamp - start for stamp, _ in series["values"]]
-            row.step(times, [float(value) for _, value in series["values"]], where="post",
-                     label=series["metric"]["state"])  # fmt: skip
+            row.step(
+                times, [float(value) for _, value in series["values"]], where="post", label=series["metric"]["state"]
+            )
         row.set_ylabel(queue_name, rotation=0, ha="right", va="center")
         row.set_ylim(bottom=0)
         row.legend(fontsize="x-small", loc="upper left", ncols=4)

@@ -51,12 +51,27 @@ def heartbeat(database: Database, worker_id: str, *, age_s: float, running: int,
     """A worker's heartbeat row, as WorkerHealth writes it, serving QUEUE."""
     now = datetime.now(UTC)
     with database.transaction() as connection:
-        connection.execute(insert(worker_heartbeats).values(
-            worker_id=worker_id, host="host-a", pid=4242, version="test", queues=[QUEUE], processed=0, failed=0,
-            in_progress=running, failure_window_ms=600_000, window_processed=0, window_failed=0,
-            failed_since_success=0, current_jobs=[], queue_counts={QUEUE: {"running": running, "delayed": delayed}},
-            stopping=False, started_at=now - timedelta(minutes=5), heartbeat_at=now - timedelta(seconds=age_s),
-        ))  # fmt: skip
+        connection.execute(
+            insert(worker_heartbeats).values(
+                worker_id=worker_id,
+                host="host-a",
+                pid=4242,
+                version="test",
+                queues=[QUEUE],
+                processed=0,
+                failed=0,
+                in_progress=running,
+                failure_window_ms=600_000,
+                window_processed=0,
+                window_failed=0,
+                failed_since_success=0,
+                current_jobs=[],
+                queue_counts={QUEUE: {"running": running, "delayed": delayed}},
+                stopping=False,
+                started_at=now - timedelta(minutes=5),
+                heartbeat_at=now - timedelta(seconds=age_s),
+            )
+        )
 
 
 def delivered(consumer: Any) -> dramatiq.Message:
@@ -95,11 +110,20 @@ def test_waiting_delayed_in_progress_and_dead_messages_per_queue(
         held = delivered(consumer)  # delivered and never acked: in progress
         assert (dead.message_id, held.message_id) == (sent[0].message_id, sent[1].message_id)
         with database.transaction() as connection:  # as DeadLetters records it from after_nack
-            insert_dead_letter(connection, {
-                "queue_name": QUEUE, "actor_name": "charge", "message_id": dead.message_id, "message": {},
-                "error_type": "FatalError", "error_message": "declined", "attempts": 1, "kind": FATAL,
-                "failed_at": datetime.now(UTC),
-            })  # fmt: skip
+            insert_dead_letter(
+                connection,
+                {
+                    "queue_name": QUEUE,
+                    "actor_name": "charge",
+                    "message_id": dead.message_id,
+                    "message": {},
+                    "error_type": "FatalError",
+                    "error_message": "declined",
+                    "attempts": 1,
+                    "kind": FATAL,
+                    "failed_at": datetime.now(UTC),
+                },
+            )
 
         if rabbitmq:
             # AMQP reports ready messages only: what runs, and what workers hold until its eta, comes from

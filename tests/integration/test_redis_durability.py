@@ -27,10 +27,13 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
         port = free_port()
         directory = tmp_path / str(port)
         directory.mkdir()
-        processes.append(subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), *settings],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), *settings],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         client = redis.Redis(port=port)
         wait_until(lambda: _pings(client), timeout_s=30, what="the test's redis-server to answer")
         client.close()
@@ -88,13 +91,19 @@ def test_a_redis_that_refuses_config_gets_a_reminder_not_a_failure(redis_server,
 def test_a_worker_on_such_a_redis_says_so_once_per_process_as_it_boots(
     redis_server, sqlite_url: str, tmp_path: Path
 ) -> None:
-    env = {"BROKER_URL": redis_server("--appendonly", "no", "--save", ""), "DATABASE_URL": sqlite_url,
-           "STATE_DIR": str(tmp_path / "state")}  # fmt: skip
+    env = {
+        "BROKER_URL": redis_server("--appendonly", "no", "--save", ""),
+        "DATABASE_URL": sqlite_url,
+        "STATE_DIR": str(tmp_path / "state"),
+    }
     worker = WorkerProcess(env, processes=2, threads=1, log_path=tmp_path / "worker.log")
     try:
         worker.wait_ready()
-        wait_until(lambda: worker.log().count("Worker process is ready for action") == 2, timeout_s=60,
-                   what="both worker processes to boot")  # fmt: skip
+        wait_until(
+            lambda: worker.log().count("Worker process is ready for action") == 2,
+            timeout_s=60,
+            what="both worker processes to boot",
+        )
     finally:
         worker.stop()
     warnings = [line for line in worker.log().splitlines() if "The Redis broker persists nothing" in line]

@@ -51,8 +51,11 @@ def test_db_upgrade_creates_the_schema_on_postgresql() -> None:
 def test_a_worker_on_a_database_without_the_schema_stops_at_boot_with_advice(
     tmp_path: Path, redis_namespace: str
 ) -> None:
-    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}", "BROKER_URL": harness.REDIS_TEST_URL,
-           "REDIS_NAMESPACE": redis_namespace}  # fmt: skip
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+        "BROKER_URL": harness.REDIS_TEST_URL,
+        "REDIS_NAMESPACE": redis_namespace,
+    }
     worker = WorkerProcess(env, log_path=tmp_path / "worker.log")
     assert worker.process.wait(timeout=60) == 2
     worker.stop()
@@ -100,8 +103,10 @@ def test_a_database_a_newer_release_upgraded_is_named_as_such_and_nothing_here_t
     newer = f"the database is at schema 0999, newer than this code (which needs {HEAD}): a newer release upgraded it"
 
     current = run_ops(env, "db", "current")
-    assert (current.returncode, current.stdout.strip()) == (1, f"Schema is at 0999: newer than this code (which "
-                                                               f"needs {HEAD}).")  # fmt: skip
+    assert (current.returncode, current.stdout.strip()) == (
+        1,
+        f"Schema is at 0999: newer than this code (which needs {HEAD}).",
+    )
     upgrade = run_ops(env, "db", "upgrade")
     assert upgrade.returncode == 1 and f"error: {newer}" in upgrade.stderr
     assert "Traceback" not in upgrade.stderr
@@ -113,6 +118,7 @@ def test_a_database_a_newer_release_upgraded_is_named_as_such_and_nothing_here_t
 
 
 def test_an_unknown_target_revision_is_refused_in_one_line(sqlite_url: str) -> None:
-    result = run_ops({"DATABASE_URL": sqlite_url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade",
-                     "--revision", "0042")  # fmt: skip
+    result = run_ops(
+        {"DATABASE_URL": sqlite_url, "BROKER_URL": harness.REDIS_TEST_URL}, "db", "upgrade", "--revision", "0042"
+    )
     assert (result.returncode, result.stderr.strip()) == (1, "error: Can't locate revision identified by '0042'")

@@ -44,8 +44,7 @@ def test_one_read_of_the_queue_judges_every_stale_row_on_it(
     broker: RedisBroker, database: Database, redis_namespace: str
 ) -> None:
     waiting = broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={}, options={}))
-    lost = [dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(n,), kwargs={}, options={})
-            for n in range(2)]  # fmt: skip
+    lost = [dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(n,), kwargs={}, options={}) for n in range(2)]
     resumable = dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(9,), kwargs={}, options={})
     # A checkpointed job lost before its first save: its delivery's lease claim saved the message.
     claimed = dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(10,), kwargs={}, options={})
@@ -53,14 +52,32 @@ def test_one_read_of_the_queue_judges_every_stale_row_on_it(
         insert_stale_processing_row(database, message.message_id)
     stale = datetime.now(UTC) - timedelta(minutes=5)
     with database.transaction() as connection:
-        connection.execute(insert(job_checkpoints).values(
-            key=resumable.message_id, actor_name="work", message_id=resumable.message_id, position=3, saves=4,
-            resumes=0, created_at=stale, updated_at=stale, message=message_payload(resumable),
-        ))  # fmt: skip
-        connection.execute(insert(job_checkpoints).values(
-            key=claimed.message_id, actor_name="work", message_id=claimed.message_id, saves=0, resumes=0,
-            created_at=stale, updated_at=stale, message=message_payload(claimed), lease_token="dead-delivery",
-        ))  # fmt: skip
+        connection.execute(
+            insert(job_checkpoints).values(
+                key=resumable.message_id,
+                actor_name="work",
+                message_id=resumable.message_id,
+                position=3,
+                saves=4,
+                resumes=0,
+                created_at=stale,
+                updated_at=stale,
+                message=message_payload(resumable),
+            )
+        )
+        connection.execute(
+            insert(job_checkpoints).values(
+                key=claimed.message_id,
+                actor_name="work",
+                message_id=claimed.message_id,
+                saves=0,
+                resumes=0,
+                created_at=stale,
+                updated_at=stale,
+                message=message_payload(claimed),
+                lease_token="dead-delivery",
+            )
+        )
 
     scanned = record_scans(broker)
     report = sweep_stalled_jobs(broker, database, stalled_after=timedelta(minutes=1))
@@ -70,8 +87,9 @@ def test_one_read_of_the_queue_judges_every_stale_row_on_it(
     assert sorted(report.handed_back) == sorted([resumable.message_id, claimed.message_id])
     # One scan of the queue's hashes for the five rows, the delay queue first; the waiting message
     # was found in the queue, so its dead letters were searched for the four others only.
-    assert scanned == [(f"{redis_namespace}:{name}.msgs", ids) for name, ids in (
-        (dq_name(QUEUE), 5), (QUEUE, 5), (xq_name(QUEUE), 4))]  # fmt: skip
+    assert scanned == [
+        (f"{redis_namespace}:{name}.msgs", ids) for name, ids in ((dq_name(QUEUE), 5), (QUEUE, 5), (xq_name(QUEUE), 4))
+    ]
     with database.engine.connect() as connection:
         statuses = dict(connection.execute(select(job_status.c.message_id, job_status.c.status)).all())
     assert statuses[waiting.message_id] == PROCESSING  # its message still waits: left alone
@@ -80,16 +98,19 @@ def test_one_read_of_the_queue_judges_every_stale_row_on_it(
     assert len(requeued) == 3  # the waiting message, and the two with checkpoints enqueued again
     bodies = [dramatiq.Message.decode(body) for body in broker.client.hvals(f"{redis_namespace}:{QUEUE}.msgs")]
     assert {message.message_id: message.options.get(HANDED_BACK) for message in bodies} == {
-        waiting.message_id: None, resumable.message_id: 1, claimed.message_id: 1,
-    }, "a job handed back counts its next delivery before it runs"  # fmt: skip
+        waiting.message_id: None,
+        resumable.message_id: 1,
+        claimed.message_id: 1,
+    }, "a job handed back counts its next delivery before it runs"
 
 
 def test_a_delayed_message_that_reaches_its_queue_during_the_sweep_is_not_taken_for_lost(
     broker: RedisBroker, database: Database, redis_namespace: str
 ) -> None:
     # A retry waiting in the delay queue for longer than the sweep's threshold.
-    delayed = broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={},
-                                              options={}), delay=600_000)  # fmt: skip
+    delayed = broker.enqueue(
+        dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={}, options={}), delay=600_000
+    )
     insert_stale_processing_row(database, delayed.message_id)
     delay_hash, queue_hash = (f"{redis_namespace}:{name}.msgs" for name in (dq_name(QUEUE), QUEUE))
     [(redis_message_id, body)] = broker.client.hgetall(delay_hash).items()
@@ -125,8 +146,7 @@ def test_on_rabbitmq_stale_rows_are_reported_and_left_to_the_broker(
 def test_bodies_of_another_encoder_are_searched_for_the_ids_themselves(broker: RedisBroker, database: Database) -> None:
     dramatiq.set_encoder(PickleEncoder())
     try:
-        waiting = broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={},
-                                                  options={}))  # fmt: skip
+        waiting = broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={}, options={}))
         lost = dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={}, options={})
         for message in (waiting, lost):
             insert_stale_processing_row(database, message.message_id)
@@ -142,13 +162,16 @@ def test_a_long_queue_is_searched_in_redis_and_only_the_ids_found_come_back(
 ) -> None:
     padding = "x" * 5_000
     pipeline = broker.client.pipeline(transaction=False)
-    waiting = [dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(padding,), kwargs={},
-                                options={"redis_message_id": f"r{n}"}) for n in range(2_500)]  # fmt: skip
+    waiting = [
+        dramatiq.Message(
+            queue_name=QUEUE, actor_name="work", args=(padding,), kwargs={}, options={"redis_message_id": f"r{n}"}
+        )
+        for n in range(2_500)
+    ]
     for message in waiting:
         pipeline.hset(f"{redis_namespace}:{QUEUE}.msgs", message.options["redis_message_id"], message.encode())
     pipeline.execute()
-    held, lost = waiting[1_777], dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={},
-                                                  options={})  # fmt: skip
+    held, lost = waiting[1_777], dramatiq.Message(queue_name=QUEUE, actor_name="work", args=(), kwargs={}, options={})
     for message in (held, lost):
         insert_stale_processing_row(database, message.message_id)
 
@@ -165,10 +188,18 @@ def test_a_long_queue_is_searched_in_redis_and_only_the_ids_found_come_back(
 def insert_stale_processing_row(database: Database, message_id: str) -> None:
     stale = datetime.now(UTC) - timedelta(minutes=5)
     with database.transaction() as connection:
-        connection.execute(insert(job_status).values(
-            message_id=message_id, actor_name="work", queue_name=QUEUE, status=PROCESSING, attempts=1,
-            unfinished_deliveries=1, started_at=stale, updated_at=stale,
-        ))  # fmt: skip
+        connection.execute(
+            insert(job_status).values(
+                message_id=message_id,
+                actor_name="work",
+                queue_name=QUEUE,
+                status=PROCESSING,
+                attempts=1,
+                unfinished_deliveries=1,
+                started_at=stale,
+                updated_at=stale,
+            )
+        )
 
 
 def record_scans(broker: RedisBroker, *, after_first: Callable[[], None] | None = None) -> list[tuple[str, int]]:

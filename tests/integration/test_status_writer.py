@@ -39,8 +39,11 @@ def test_a_status_write_after_the_server_dropped_the_connection_goes_through_on_
         assert connection.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend_pid})
 
     assert writes.run(Write(START, row_values("dropped-1", "job", "default", "processing", now))) == 1
-    writes.run(Write(FINISH, finish_values("dropped-1", status="completed", now=now, finished_at=now, error=None,
-                                           progress=1.0)))  # fmt: skip
+    writes.run(
+        Write(
+            FINISH, finish_values("dropped-1", status="completed", now=now, finished_at=now, error=None, progress=1.0)
+        )
+    )
     row = get_job(database, "dropped-1")
     assert (row["status"], row["attempts"], row["unfinished_deliveries"], row["progress"]) == ("completed", 1, 0, 1.0)
     assert row["enqueued_at"] == row["started_at"] == row["finished_at"] == now
@@ -57,20 +60,37 @@ def test_a_start_and_its_finish_written_as_one_row_read_as_the_two_would(databas
 
     def run(message_id: str, *, status: str, attempted: bool, error: str | None = None) -> Write:
         start = row_values(message_id, "job", "default", "processing", started_at)
-        finish = finish_values(message_id, status=status, now=finished_at, error=error, attempted=attempted,
-                               finished_at=finished_at if status != "processing" else None,
-                               progress=1.0 if status == "completed" else None)  # fmt: skip
+        finish = finish_values(
+            message_id,
+            status=status,
+            now=finished_at,
+            error=error,
+            attempted=attempted,
+            finished_at=finished_at if status != "processing" else None,
+            progress=1.0 if status == "completed" else None,
+        )
         return Write(RUN, run_values(start, finish))
 
-    writer.commit([
-        run("queued-first", status="completed", attempted=True),
-        run("never-queued", status="failed", attempted=True, error="ValueError: no"),
-        run("waited", status="processing", attempted=False),  # stopped before its actor ran
-    ])  # fmt: skip
+    writer.commit(
+        [
+            run("queued-first", status="completed", attempted=True),
+            run("never-queued", status="failed", attempted=True, error="ValueError: no"),
+            run("waited", status="processing", attempted=False),  # stopped before its actor ran
+        ]
+    )
 
     rows = {message_id: get_job(database, message_id) for message_id in ("queued-first", "never-queued", "waited")}
-    columns = ("status", "attempts", "unfinished_deliveries", "progress", "error", "enqueued_at", "started_at",
-               "finished_at", "updated_at")  # fmt: skip
+    columns = (
+        "status",
+        "attempts",
+        "unfinished_deliveries",
+        "progress",
+        "error",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
+    )
     read = {message_id: tuple(_aware(row[column]) for column in columns) for message_id, row in rows.items()}
     assert read == {
         "queued-first": ("completed", 1, 0, 1.0, None, queued_at, started_at, finished_at, finished_at),
@@ -156,8 +176,11 @@ def test_a_status_writer_caller_interrupted_by_dramatiq_mid_wait_leaves_every_wr
 
     thread = threading.Thread(target=caller)
     thread.start()
-    wait_until(lambda: any(interrupted in c.writes for c in writes._waiting), timeout_s=10,
-               what="the caller waiting behind the held commit")  # fmt: skip
+    wait_until(
+        lambda: any(interrupted in c.writes for c in writes._waiting),
+        timeout_s=10,
+        what="the caller waiting behind the held commit",
+    )
     raise_thread_exception(thread.ident, TimeLimitExceeded)
     behind = Write(ENQUEUE, row_values("behind-3", "job", "default", "queued", now))
     writes.submit(behind)

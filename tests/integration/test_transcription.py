@@ -20,9 +20,12 @@ from tests.transcripts import Transcripts
 @pytest.fixture
 def env(broker_env: dict[str, str], database_url: str) -> dict[str, str]:
     return {
-        **broker_env, "DATABASE_URL": database_url, "TRANSCRIPTION_ENGINE": "echo",
-        "TRANSCRIPTION_SEGMENT_MS": "2000", "LARGE_THRESHOLD_MS": "10000",
-    }  # fmt: skip
+        **broker_env,
+        "DATABASE_URL": database_url,
+        "TRANSCRIPTION_ENGINE": "echo",
+        "TRANSCRIPTION_SEGMENT_MS": "2000",
+        "LARGE_THRESHOLD_MS": "10000",
+    }
 
 
 @pytest.fixture
@@ -108,8 +111,11 @@ def test_a_completed_transcript_calls_back_once_even_when_sent_again(
             assert again.returncode == 0, again.stderr
             second_id = again.stdout.split()[-1]
             database = Database(env["DATABASE_URL"])
-            wait_until(lambda: (get_job(database, second_id) or {}).get("status") == "completed", timeout_s=30,
-                       what="the second job to be skipped as already complete")  # fmt: skip
+            wait_until(
+                lambda: (get_job(database, second_id) or {}).get("status") == "completed",
+                timeout_s=30,
+                what="the second job to be skipped as already complete",
+            )
             database.dispose()
         finally:
             worker.stop()

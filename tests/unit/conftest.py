@@ -22,11 +22,12 @@ from middleware.storage.database import Database, metadata
 
 test_metadata = MetaData()
 outputs = Table(
-    "outputs", test_metadata,
+    "outputs",
+    test_metadata,
     Column("job", String(64), nullable=False),
     Column("item", Integer, nullable=False),
     UniqueConstraint("job", "item"),
-)  # fmt: skip
+)
 
 
 @pytest.fixture
@@ -40,18 +41,20 @@ def database(tmp_path: Path) -> Iterator[Database]:
 
 @pytest.fixture
 def stub_broker(database: Database) -> Iterator[StubBroker]:
-    broker = StubBroker(middleware=[
-        TimeLimit(interval=100),
-        ShutdownNotifications(),
-        CurrentMessage(),
-        JobLogs(),
-        DeadLetters(database=database),
-        Idempotency(database=database),
-        JobStatus(database=database, max_deliveries=3),
-        Retries(min_backoff=10, max_backoff=50, requeue_delay_ms=10),
-        Checkpoints(database=database),
-        DurationRouting(large_threshold_ms=60_000, regular_time_limit_ms=5_000, large_time_limit_ms=50_000),
-    ])  # fmt: skip
+    broker = StubBroker(
+        middleware=[
+            TimeLimit(interval=100),
+            ShutdownNotifications(),
+            CurrentMessage(),
+            JobLogs(),
+            DeadLetters(database=database),
+            Idempotency(database=database),
+            JobStatus(database=database, max_deliveries=3),
+            Retries(min_backoff=10, max_backoff=50, requeue_delay_ms=10),
+            Checkpoints(database=database),
+            DurationRouting(large_threshold_ms=60_000, regular_time_limit_ms=5_000, large_time_limit_ms=50_000),
+        ]
+    )
     # Without process_boot the TimeLimit middleware never enforces limits (see the field notes).
     broker.emit_after("process_boot")
     yield broker

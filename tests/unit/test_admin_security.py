@@ -20,8 +20,11 @@ def settings(**environ: str) -> Settings:
 def test_admin_settings_defaults() -> None:
     loaded = settings()
     assert (loaded.admin_tokens, loaded.admin_readonly_tokens, loaded.admin_bind, loaded.admin_port) == (
-        (), (), "127.0.0.1", 8080,
-    )  # fmt: skip
+        (),
+        (),
+        "127.0.0.1",
+        8080,
+    )
     assert (loaded.admin_requeue_max_per_call, loaded.admin_requeue_per_minute) == (100, 300)
     assert loaded.sensitive_fields == DEFAULT_SENSITIVE_FIELDS and "email" in loaded.sensitive_fields
 
@@ -56,8 +59,13 @@ def test_each_token_gets_its_role_and_anything_else_is_refused() -> None:
     assert authority.caller(READER).role == READ_ONLY
     assert authority.caller(WRITER).fingerprint != authority.caller(READER).fingerprint
     assert WRITER not in authority.caller(WRITER).fingerprint
-    for presented, code in ((None, "unauthenticated"), ("", "unauthenticated"), (WRITER + "x", "invalid_token"),
-                            (WRITER[:-1], "invalid_token"), ("é" * 20, "invalid_token")):  # fmt: skip
+    for presented, code in (
+        (None, "unauthenticated"),
+        ("", "unauthenticated"),
+        (WRITER + "x", "invalid_token"),
+        (WRITER[:-1], "invalid_token"),
+        ("é" * 20, "invalid_token"),
+    ):
         with pytest.raises(ApiError) as refused:
             authority.caller(presented)
         assert (refused.value.status, refused.value.code) == (401, code)

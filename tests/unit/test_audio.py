@@ -216,8 +216,10 @@ def test_converted_to_16k_mono(tmp_path: pathlib.Path, rate: int, channels: int)
     assert correlation(samples(pcm), sox_reference(path)) > 0.99
 
 
-@pytest.mark.parametrize(("bits", "encoding"), [(8, "unsigned-integer"), (24, "signed-integer"),
-                                                (32, "signed-integer"), (32, "floating-point")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("bits", "encoding"),
+    [(8, "unsigned-integer"), (24, "signed-integer"), (32, "signed-integer"), (32, "floating-point")],
+)
 def test_sample_widths(tmp_path: pathlib.Path, bits: int, encoding: str) -> None:
     source = make_speech_wav(tmp_path / "speech.wav", PHRASE)
     path = tmp_path / f"speech-{bits}.wav"

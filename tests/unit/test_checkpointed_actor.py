@@ -92,11 +92,13 @@ def test_work_already_completed_under_the_same_key_is_skipped(stub_broker: StubB
     [
         ({"perform": lambda self: None}, "overrides perform\\(\\): a CheckpointedActor owns the loop"),
         ({"build_items": lambda self, *, cursor: iter(())}, "does not define each_item. For example"),
-        ({"build_items": lambda self, start: iter(()), "each_item": lambda self, item: None},
-         "must take the last saved cursor as a keyword argument, cursor"),
+        (
+            {"build_items": lambda self, start: iter(()), "each_item": lambda self, item: None},
+            "must take the last saved cursor as a keyword argument, cursor",
+        ),
     ],
     ids=["perform", "no each_item", "no cursor"],
-)  # fmt: skip
+)
 def test_a_class_that_cannot_work_is_refused_when_declared(
     stub_broker: StubBroker, methods: dict[str, Any], message: str
 ) -> None:

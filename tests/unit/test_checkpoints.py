@@ -213,8 +213,10 @@ def test_a_database_down_at_the_end_of_a_delivery_is_one_warning_not_a_traceback
 
     monkeypatch.setattr(database, "transaction", transaction)
     broker = StubBroker()
-    for exception, says in ((RuntimeError("failed"), "Could not release checkpoint 'down'"),
-                            (None, "Could not mark checkpoint 'down' completed")):  # fmt: skip
+    for exception, says in (
+        (RuntimeError("failed"), "Could not release checkpoint 'down'"),
+        (None, "Could not mark checkpoint 'down' completed"),
+    ):
         middleware_current.set(checkpoint)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="middleware.checkpoints.Checkpoints"):
@@ -246,11 +248,17 @@ def test_a_second_message_for_running_work_waits_then_is_skipped_when_the_first_
     with caplog.at_level(logging.INFO, logger=EVENTS_LOGGER):
         second = job.send("meeting", "second")
         # The second message is delivered, finds the checkpoint held, and is handed back to wait.
-        wait_until(lambda: len(busy_events(caplog, second.message_id)) >= 2, timeout_s=10,
-                   what="the second message to look twice")  # fmt: skip
+        wait_until(
+            lambda: len(busy_events(caplog, second.message_id)) >= 2,
+            timeout_s=10,
+            what="the second message to look twice",
+        )
         # A look at a held checkpoint is not an attempt (polled: the look that just logged may still be writing).
-        wait_until(lambda: get_job(database, second.message_id)["attempts"] == 0, timeout_s=10,
-                   what="the looks to give their attempts back")  # fmt: skip
+        wait_until(
+            lambda: get_job(database, second.message_id)["attempts"] == 0,
+            timeout_s=10,
+            what="the looks to give their attempts back",
+        )
         may_finish.set()
         stub_broker.join(job.queue_name, fail_fast=True)
         stub_worker.join()
@@ -265,8 +273,9 @@ def test_a_second_message_for_running_work_waits_then_is_skipped_when_the_first_
 
 def busy_events(caplog: pytest.LogCaptureFixture, message_id: str) -> list[dict]:
     events = (getattr(record, "job_event", None) for record in caplog.records)
-    return [event for event in events if event and event["event"] == "checkpoint.busy"
-            and event["message_id"] == message_id]  # fmt: skip
+    return [
+        event for event in events if event and event["event"] == "checkpoint.busy" and event["message_id"] == message_id
+    ]
 
 
 def test_a_time_limit_hands_the_job_back_to_continue_without_spending_a_retry(
@@ -326,12 +335,14 @@ def test_current_checkpoint_outside_a_checkpointed_actor_says_how_to_fix_it() ->
 def test_on_rabbitmq_boot_names_each_actor_that_may_outlive_the_consumer_timeout(
     database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broker = StubBroker(middleware=[
-        TimeLimit(time_limit=600_000),
-        ShutdownNotifications(),
-        Checkpoints(database=database, hand_back_after_ms=1_440_000, consumer_timeout_ms=1_800_000),
-        DurationRouting(large_threshold_ms=60_000, regular_time_limit_ms=5_000, large_time_limit_ms=7_200_000),
-    ])  # fmt: skip
+    broker = StubBroker(
+        middleware=[
+            TimeLimit(time_limit=600_000),
+            ShutdownNotifications(),
+            Checkpoints(database=database, hand_back_after_ms=1_440_000, consumer_timeout_ms=1_800_000),
+            DurationRouting(large_threshold_ms=60_000, regular_time_limit_ms=5_000, large_time_limit_ms=7_200_000),
+        ]
+    )
     declare = partial(dramatiq.actor, lambda: None, broker=broker)
     declare(actor_name="short_by_default")  # TimeLimit's 10 min
     declare(actor_name="hours_long", time_limit=3 * 3_600_000)

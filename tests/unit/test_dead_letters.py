@@ -99,8 +99,9 @@ def test_a_message_for_an_unknown_actor_is_recorded_as_fatal(
     stub_broker: StubBroker, stub_worker: Worker, database: Database
 ) -> None:
     stub_broker.declare_queue("default")
-    stub_broker.enqueue(dramatiq.Message(queue_name="default", actor_name="no_such_actor", args=(), kwargs={},
-                                         options={}))  # fmt: skip
+    stub_broker.enqueue(
+        dramatiq.Message(queue_name="default", actor_name="no_such_actor", args=(), kwargs={}, options={})
+    )
     drain(stub_broker, stub_worker)
     # The consumer thread records it just after the nack that the join waits for: poll for the row.
     [row] = wait_until(lambda: list_dead_letters(database), timeout_s=5, what="the dead letter")
@@ -109,10 +110,17 @@ def test_a_message_for_an_unknown_actor_is_recorded_as_fatal(
 
 def test_recording_the_same_message_twice_keeps_one_row(database: Database) -> None:
     row = {
-        "queue_name": "default", "actor_name": "a", "message_id": "m-1", "message": {}, "error_type": "E",
-        "error_message": "e", "traceback": None, "attempts": 1, "kind": "fatal",
+        "queue_name": "default",
+        "actor_name": "a",
+        "message_id": "m-1",
+        "message": {},
+        "error_type": "E",
+        "error_message": "e",
+        "traceback": None,
+        "attempts": 1,
+        "kind": "fatal",
         "failed_at": datetime.now(UTC),
-    }  # fmt: skip
+    }
     with database.transaction() as connection:
         assert insert_dead_letter(connection, row) is not None
         assert insert_dead_letter(connection, row) is None

@@ -37,8 +37,9 @@ def test_each_queue_has_two_workers_whose_grace_covers_its_time_limit(
     assert container["command"][-2:] == ["--queues", queue] and "--processes" in container["command"]
     assert time_limit_s < pod["terminationGracePeriodSeconds"] <= time_limit_s + 60
     assert [ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in container["envFrom"]] == [
-        "resilient-jobs-settings", "resilient-jobs-urls",
-    ]  # fmt: skip
+        "resilient-jobs-settings",
+        "resilient-jobs-urls",
+    ]
 
 
 @pytest.mark.parametrize("queue", ["transcription", "transcription-large"])

@@ -44,8 +44,12 @@ def dispatch_script_command(command: str) -> str:
 
 def test_the_redis_consumer_we_subclass_keeps_its_constructor_state_and_methods() -> None:
     assert list(inspect.signature(_RedisConsumer.__init__).parameters) == [
-        "self", "broker", "queue_name", "prefetch", "timeout",
-    ]  # fmt: skip
+        "self",
+        "broker",
+        "queue_name",
+        "prefetch",
+        "timeout",
+    ]
     consumer = _RedisConsumer.__new__(_RedisConsumer)
     _RedisConsumer.__init__(consumer, broker=None, queue_name="q", prefetch=1, timeout=1)
     assert isinstance(consumer.queued_message_ids, set), "our deferred acks discard from it, as Dramatiq's ack does"

@@ -47,10 +47,22 @@ class ValidationError(ValueError):
 
 
 STATUS_TABLE = [
-    (400, FATAL), (401, FATAL), (403, FATAL), (404, FATAL), (409, FATAL), (410, FATAL), (422, FATAL),
-    (408, RETRYABLE), (425, RETRYABLE), (429, RETRYABLE), (500, RETRYABLE), (502, RETRYABLE),
-    (503, RETRYABLE), (504, RETRYABLE), (418, RETRYABLE),
-]  # fmt: skip
+    (400, FATAL),
+    (401, FATAL),
+    (403, FATAL),
+    (404, FATAL),
+    (409, FATAL),
+    (410, FATAL),
+    (422, FATAL),
+    (408, RETRYABLE),
+    (425, RETRYABLE),
+    (429, RETRYABLE),
+    (500, RETRYABLE),
+    (502, RETRYABLE),
+    (503, RETRYABLE),
+    (504, RETRYABLE),
+    (418, RETRYABLE),
+]
 
 
 @pytest.mark.parametrize("make", [httpx_status_error, requests_http_error, urllib_http_error, ApiError])

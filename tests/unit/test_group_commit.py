@@ -74,8 +74,10 @@ def test_a_failing_write_fails_only_its_own_caller() -> None:
     assert more[12] == 24 and more[14] == 28
     assert isinstance(more[13], ValueError)
     assert sorted(recorder.batches[1]) == [12, 13, 14] and sorted(map(tuple, recorder.batches[2:])) == [
-        (12,), (13,), (14,),
-    ], "the failed batch is retried one write per transaction"  # fmt: skip
+        (12,),
+        (13,),
+        (14,),
+    ], "the failed batch is retried one write per transaction"
 
 
 def test_a_single_write_raises_its_error() -> None:

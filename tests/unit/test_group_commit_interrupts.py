@@ -93,8 +93,11 @@ def interrupt_once(operation: str, nth: int) -> str | None:
     write, interrupt = Write("double", {"value": 2}), InterruptAtCheck(nth)
     caller = threading.Thread(target=run_interrupted, args=(interrupt, lambda: OPERATIONS[operation](group, write)))
     caller.start()
-    wait_until(lambda: not caller.is_alive() or any(write in waiting.writes for waiting in group._waiting),
-               timeout_s=DEADLINE_S, what="the caller waiting or interrupted")  # fmt: skip
+    wait_until(
+        lambda: not caller.is_alive() or any(write in waiting.writes for waiting in group._waiting),
+        timeout_s=DEADLINE_S,
+        what="the caller waiting or interrupted",
+    )
     recorder.hold_first.set()
     caller.join(timeout=DEADLINE_S)
     where = interrupt.raised_at or "nowhere"
@@ -135,8 +138,11 @@ def test_a_caller_woken_by_its_commit_and_interrupted_by_dramatiq_stops_no_one()
 
     thread = threading.Thread(target=caller)
     thread.start()
-    wait_until(lambda: any(interrupted in c.writes for c in group._waiting), timeout_s=DEADLINE_S,
-               what="the caller waiting behind the flush")  # fmt: skip
+    wait_until(
+        lambda: any(interrupted in c.writes for c in group._waiting),
+        timeout_s=DEADLINE_S,
+        what="the caller waiting behind the flush",
+    )
     raise_thread_exception(thread.ident, TimeLimitExceeded)  # lands as soon as the thread runs Python again
     behind = Write("double", {"value": 3})
     group.submit(behind)  # pending behind the flush: before issue 18 the interrupted caller was to flush it

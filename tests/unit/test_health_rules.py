@@ -12,22 +12,42 @@ from middleware.operations.queue_stats import QueueStats
 from ops.health import HealthRules, evaluate
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-RULES = HealthRules(stale_after_ms=30_000, failure_rate=0.05, failure_min_jobs=20, idle_after_ms=300_000,
-                    idle_min_errors=5)  # fmt: skip
+RULES = HealthRules(
+    stale_after_ms=30_000, failure_rate=0.05, failure_min_jobs=20, idle_after_ms=300_000, idle_min_errors=5
+)
 
 
 def worker(**changes: Any) -> dict[str, Any]:
     """A heartbeat row of a healthy, busy worker serving "orders"."""
     row = {
-        "worker_id": "host-a:41:abcd", "host": "host-a", "pid": 41, "version": "0.1.0", "queues": ["orders"],
-        "processed": 500, "failed": 3, "in_progress": 1, "failure_window_ms": 600_000, "window_processed": 100,
-        "window_failed": 1, "failed_since_success": 0,
-        "current_jobs": [{"message_id": "m-1", "actor_name": "charge", "queue_name": "orders",
-                          "started_at": (NOW - timedelta(seconds=3)).isoformat(), "progress": 0.25}],
-        "queue_counts": {"orders": {"running": 1, "delayed": 0}}, "stopping": False,
-        "started_at": NOW - timedelta(hours=2), "last_job_finished_at": NOW - timedelta(seconds=4),
-        "last_success_at": NOW - timedelta(seconds=4), "heartbeat_at": NOW - timedelta(seconds=2),
-    }  # fmt: skip
+        "worker_id": "host-a:41:abcd",
+        "host": "host-a",
+        "pid": 41,
+        "version": "0.1.0",
+        "queues": ["orders"],
+        "processed": 500,
+        "failed": 3,
+        "in_progress": 1,
+        "failure_window_ms": 600_000,
+        "window_processed": 100,
+        "window_failed": 1,
+        "failed_since_success": 0,
+        "current_jobs": [
+            {
+                "message_id": "m-1",
+                "actor_name": "charge",
+                "queue_name": "orders",
+                "started_at": (NOW - timedelta(seconds=3)).isoformat(),
+                "progress": 0.25,
+            }
+        ],
+        "queue_counts": {"orders": {"running": 1, "delayed": 0}},
+        "stopping": False,
+        "started_at": NOW - timedelta(hours=2),
+        "last_job_finished_at": NOW - timedelta(seconds=4),
+        "last_success_at": NOW - timedelta(seconds=4),
+        "heartbeat_at": NOW - timedelta(seconds=2),
+    }
     return {**row, **changes}
 
 
@@ -53,16 +73,22 @@ def test_a_busy_worker_with_few_failures_is_healthy_and_the_report_has_the_agree
     )
     [orders] = result["queues"]
     assert orders == {
-        "queue_name": "orders", "waiting": 12, "delayed": 2, "in_progress": 1, "dead": 0, "oldest_waiting_age_s": 8.0,
-        "dead_letters_unresolved": 2, "healthy": True, "reason": "ok",
-    }  # fmt: skip
+        "queue_name": "orders",
+        "waiting": 12,
+        "delayed": 2,
+        "in_progress": 1,
+        "dead": 0,
+        "oldest_waiting_age_s": 8.0,
+        "dead_letters_unresolved": 2,
+        "healthy": True,
+        "reason": "ok",
+    }
 
 
-@pytest.mark.parametrize(
-    ("heartbeat_age_s", "healthy"), [(29.9, True), (30.0, True), (30.1, False), (600, False)]
-)  # fmt: skip
-def test_a_worker_whose_heartbeat_is_older_than_the_stale_limit_is_unhealthy(heartbeat_age_s: float,
-                                                                              healthy: bool) -> None:  # fmt: skip
+@pytest.mark.parametrize(("heartbeat_age_s", "healthy"), [(29.9, True), (30.0, True), (30.1, False), (600, False)])
+def test_a_worker_whose_heartbeat_is_older_than_the_stale_limit_is_unhealthy(
+    heartbeat_age_s: float, healthy: bool
+) -> None:
     result = report([worker(heartbeat_at=NOW - timedelta(seconds=heartbeat_age_s))])
     assert result["healthy"] is healthy
     if not healthy:
@@ -108,8 +134,9 @@ def test_a_worker_with_no_success_for_the_idle_limit_while_work_waits_and_errors
     minutes_since_success: int | None, failed_since_success: int, waiting: int, healthy: bool
 ) -> None:
     last_success = None if minutes_since_success is None else NOW - timedelta(minutes=minutes_since_success)
-    row = worker(last_success_at=last_success, failed_since_success=failed_since_success, window_processed=6,
-                 window_failed=6)  # fmt: skip
+    row = worker(
+        last_success_at=last_success, failed_since_success=failed_since_success, window_processed=6, window_failed=6
+    )
     result = report([row], [queue(waiting=waiting)])
     assert result["healthy"] is healthy
     if not healthy:
@@ -134,13 +161,20 @@ def test_a_queue_with_waiting_messages_and_no_live_worker_serving_it_is_unhealth
         "emails": (True, "ok"),
         "idle": (True, "ok: nothing waits (no live worker)"),
     }
-    assert [entry["reason"] for entry in result["workers"]] == ["ok: heartbeat 2.0 s ago",
-                                                                "stopping: finishing its current jobs"]  # fmt: skip
+    assert [entry["reason"] for entry in result["workers"]] == [
+        "ok: heartbeat 2.0 s ago",
+        "stopping: finishing its current jobs",
+    ]
 
 
 def test_every_problem_is_named_on_one_line() -> None:
-    result = report([worker(heartbeat_at=NOW - timedelta(minutes=2)), worker(worker_id="host-b:9:9999",
-                     window_processed=40, window_failed=4)], [queue("orders"), queue("emails", waiting=1)])  # fmt: skip
+    result = report(
+        [
+            worker(heartbeat_at=NOW - timedelta(minutes=2)),
+            worker(worker_id="host-b:9:9999", window_processed=40, window_failed=4),
+        ],
+        [queue("orders"), queue("emails", waiting=1)],
+    )
     assert result["healthy"] is False
     assert "\n" not in result["reason"]
     assert result["reason"] == (
@@ -154,8 +188,14 @@ def test_the_rules_come_from_the_settings_with_their_defaults() -> None:
     assert HealthRules.from_settings(Settings.from_env({})) == HealthRules(
         stale_after_ms=30_000, failure_rate=0.05, failure_min_jobs=20, idle_after_ms=300_000, idle_min_errors=5
     )
-    settings = Settings.from_env({"WORKER_STALE_AFTER_MS": "1500", "WORKER_HEARTBEAT_INTERVAL_MS": "200",
-                                  "HEALTH_FAILURE_RATE": "0.2", "HEALTH_IDLE_MIN_ERRORS": "0"})  # fmt: skip
+    settings = Settings.from_env(
+        {
+            "WORKER_STALE_AFTER_MS": "1500",
+            "WORKER_HEARTBEAT_INTERVAL_MS": "200",
+            "HEALTH_FAILURE_RATE": "0.2",
+            "HEALTH_IDLE_MIN_ERRORS": "0",
+        }
+    )
     assert (settings.worker_stale_after_ms, settings.worker_heartbeat_interval_ms) == (1_500, 200)
     assert (settings.health_failure_rate, settings.health_idle_min_errors) == (0.2, 0)
     assert (settings.worker_health_port, settings.worker_health_bind) == (0, "127.0.0.1")
@@ -166,12 +206,14 @@ def test_the_rules_come_from_the_settings_with_their_defaults() -> None:
     [
         ({"HEALTH_FAILURE_RATE": "5%"}, "HEALTH_FAILURE_RATE='5%' is not a number; set it like HEALTH_FAILURE_RATE=0"),
         ({"HEALTH_FAILURE_RATE": "5"}, "HEALTH_FAILURE_RATE=5.0 is out of range; it is a fraction between 0 and 1"),
-        ({"WORKER_HEARTBEAT_INTERVAL_MS": "5000", "WORKER_STALE_AFTER_MS": "5000"},
-         "WORKER_STALE_AFTER_MS (5000) must be longer than WORKER_HEARTBEAT_INTERVAL_MS (5000)"),
+        (
+            {"WORKER_HEARTBEAT_INTERVAL_MS": "5000", "WORKER_STALE_AFTER_MS": "5000"},
+            "WORKER_STALE_AFTER_MS (5000) must be longer than WORKER_HEARTBEAT_INTERVAL_MS (5000)",
+        ),
         ({"WORKER_FORGET_AFTER_MS": "20000"}, "WORKER_FORGET_AFTER_MS (20000) is shorter than WORKER_STALE_AFTER_MS"),
         ({"WORKER_HEALTH_PORT": "70000"}, "WORKER_HEALTH_PORT=70000 is out of range; it must be between 0 and 65535"),
     ],
-)  # fmt: skip
+)
 def test_bad_health_settings_are_refused_with_the_reason(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as error:
         Settings.from_env(environ)

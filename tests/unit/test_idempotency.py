@@ -93,9 +93,14 @@ def test_where_the_broker_cannot_be_searched_a_claim_never_sent_is_held_until_it
     send_email, _, _ = emails
     now = datetime.now(UTC)
     with database.transaction() as connection:  # a sender that died after its claim: no job, an hour old
-        connection.execute(insert(idempotency_keys).values(
-            key="welcome:e", message_id="never-sent", actor_name="send_email", created_at=now - timedelta(hours=1),
-            expires_at=now + timedelta(hours=1),
-        ))  # fmt: skip
+        connection.execute(
+            insert(idempotency_keys).values(
+                key="welcome:e",
+                message_id="never-sent",
+                actor_name="send_email",
+                created_at=now - timedelta(hours=1),
+                expires_at=now + timedelta(hours=1),
+            )
+        )
     with pytest.raises(DuplicateJob, match="never-sent"):  # as on RabbitMQ: nowhere to look for the message
         send_email.send_with_options(args=("e@example.com",), idempotency_key="welcome:e")

@@ -57,8 +57,10 @@ def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             # ``from package import module`` imports the module; ``from module import name``, the module.
-            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
-                     for alias in node.names]  # fmt: skip
+            names = [
+                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                for alias in node.names
+            ]
         else:
             continue
         for name in names:
@@ -96,9 +98,12 @@ def test_there_are_no_import_cycles() -> None:
 
 
 def test_top_level_packages_depend_one_way() -> None:
-    wrong = [f"{module} imports {imported}" for module, imported_modules in sorted(GRAPH.items())
-             for imported in sorted(imported_modules)
-             if imported.split(".")[0] not in MAY_IMPORT[module.split(".")[0]]]  # fmt: skip
+    wrong = [
+        f"{module} imports {imported}"
+        for module, imported_modules in sorted(GRAPH.items())
+        for imported in sorted(imported_modules)
+        if imported.split(".")[0] not in MAY_IMPORT[module.split(".")[0]]
+    ]
     assert wrong == []
 
 

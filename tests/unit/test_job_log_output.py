@@ -54,8 +54,14 @@ def test_an_event_is_one_json_line_on_standard_error(standard_error_logs, messag
     lines = capfd.readouterr().err.splitlines()
     assert len(lines) == 1
     event = json.loads(lines[0])
-    assert event == {"event": "job.start", "message_id": message.message_id, "actor": "transcribe", "queue": "audio",
-                     "attempt": 1, "timestamp": event["timestamp"]}  # fmt: skip
+    assert event == {
+        "event": "job.start",
+        "message_id": message.message_id,
+        "actor": "transcribe",
+        "queue": "audio",
+        "attempt": 1,
+        "timestamp": event["timestamp"],
+    }
     assert event["timestamp"].endswith("+00:00") and len(event["timestamp"]) == len("2026-01-01T00:00:00.000+00:00")
 
 

@@ -70,8 +70,13 @@ def test_a_retried_then_dead_lettered_job(stub_broker: StubBroker, stub_worker: 
     drain(stub_broker, stub_worker)
     lines = collected(events)
     assert [line["event"] for line in lines] == [
-        "job.start", "job.retry", "job.failed", "job.start", "job.failed", "job.dead_lettered",
-    ]  # fmt: skip
+        "job.start",
+        "job.retry",
+        "job.failed",
+        "job.start",
+        "job.failed",
+        "job.dead_lettered",
+    ]
     retry, first_failure, last_failure, dead = lines[1], lines[2], lines[4], lines[5]
     assert set(retry) == COMMON | {"delay_ms", "error", "fatal", "attempt"}
     assert retry["fatal"] is False and retry["error"] == "ConnectionResetError: reset" and retry["delay_ms"] >= 0

@@ -119,20 +119,31 @@ def test_a_checkpointed_job_past_its_time_limit_is_interrupted_and_resumes(
 
 
 def test_routing_decisions_are_counted_where_messages_are_built(broker: StubBroker) -> None:
-    @dramatiq.actor(broker=broker, actor_name="metrics_routed", actor_class=RoutedActor,
-                    estimate_duration_ms=lambda minutes: minutes * 60_000)  # fmt: skip
+    @dramatiq.actor(
+        broker=broker,
+        actor_name="metrics_routed",
+        actor_class=RoutedActor,
+        estimate_duration_ms=lambda minutes: minutes * 60_000,
+    )
     def routed(minutes: int) -> None:
         pass
 
-    before = {route: REGISTRY.get_sample_value("jobs_routing_decisions_total", {
-        "actor_name": "metrics_routed", "queue_name": queue, "route": route}) or 0
-        for route, queue in (("regular", "default"), ("large", "default-large"))}  # fmt: skip
+    before = {
+        route: REGISTRY.get_sample_value(
+            "jobs_routing_decisions_total", {"actor_name": "metrics_routed", "queue_name": queue, "route": route}
+        )
+        or 0
+        for route, queue in (("regular", "default"), ("large", "default-large"))
+    }
     routed.send(1)
     routed.send(90)
     routed.send(120)
-    after = {route: REGISTRY.get_sample_value("jobs_routing_decisions_total", {
-        "actor_name": "metrics_routed", "queue_name": queue, "route": route})
-        for route, queue in (("regular", "default"), ("large", "default-large"))}  # fmt: skip
+    after = {
+        route: REGISTRY.get_sample_value(
+            "jobs_routing_decisions_total", {"actor_name": "metrics_routed", "queue_name": queue, "route": route}
+        )
+        for route, queue in (("regular", "default"), ("large", "default-large"))
+    }
     assert {route: after[route] - before[route] for route in after} == {"regular": 1, "large": 2}
 
 
@@ -151,8 +162,12 @@ def test_counters_exist_at_zero_before_the_first_job(broker: StubBroker) -> None
     def idle() -> None:
         pass
 
-    assert REGISTRY.get_sample_value("jobs_failures_total", {"queue_name": "default", "actor_name": "metrics_idle",
-                                                             "kind": "fatal"}) is None  # fmt: skip
+    assert (
+        REGISTRY.get_sample_value(
+            "jobs_failures_total", {"queue_name": "default", "actor_name": "metrics_idle", "kind": "fatal"}
+        )
+        is None
+    )
     initialize_counters(broker)
     assert value("jobs_failures_total", "metrics_idle", kind="fatal") == 0
     assert (

@@ -38,14 +38,16 @@ sys.stdin.read()
 
 
 def samples(directory: Path) -> dict[str, float]:
-    return {sample.name: sample.value for metric in LiveProcessesCollector(directory).collect()
-            for sample in metric.samples}  # fmt: skip
+    return {
+        sample.name: sample.value for metric in LiveProcessesCollector(directory).collect() for sample in metric.samples
+    }
 
 
 @pytest.fixture
 def worker_process(tmp_path: Path) -> Iterator[subprocess.Popen]:
-    process = subprocess.Popen([sys.executable, "-c", WORKER_PROCESS, str(tmp_path)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-c", WORKER_PROCESS, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline().strip() == "ready"
     yield process
     if process.poll() is None:

@@ -150,5 +150,8 @@ def test_notify_transcript_ready_sends_one_keyed_message_per_meeting() -> None:
 def test_the_actor_declares_the_webhook_policy() -> None:
     assert send_webhook.options["retry_policy"] is WEBHOOKS
     assert (WEBHOOKS.attempts, WEBHOOKS.backoff, WEBHOOKS.base_delay_ms, WEBHOOKS.max_delay_ms) == (
-        8, "exponential", 2_000, 60_000,
-    )  # fmt: skip
+        8,
+        "exponential",
+        2_000,
+        60_000,
+    )

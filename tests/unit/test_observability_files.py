@@ -22,8 +22,11 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 def test_there_are_the_four_dashboards() -> None:
     assert [path.name for path in DASHBOARDS] == [
-        "failures-dead-letters.json", "long-jobs-checkpoints.json", "overview.json", "queues-workers.json",
-    ]  # fmt: skip
+        "failures-dead-letters.json",
+        "long-jobs-checkpoints.json",
+        "overview.json",
+        "queues-workers.json",
+    ]
     uids = [json.loads(path.read_text())["uid"] for path in DASHBOARDS]
     assert len(set(uids)) == len(uids)
 

@@ -39,34 +39,54 @@ def runner_for(entries: list[Entry], broker: StubBroker, database: Database, **s
 @pytest.mark.parametrize(
     ("entry", "problem"),
     [
-        (Entry("nightly", cron="61 3 * * *", actor="send_report", args=("daily",)),
-         "schedule entry 'nightly': cron '61 3 * * *' is not a valid crontab expression: Error validating "
-         "expression '61': the last value (61) is higher than the maximum value (59)"),
-        (Entry("nightly", cron="0 3 * *", actor="send_report", args=("daily",)),
-         "schedule entry 'nightly': cron '0 3 * *' is not a valid crontab expression: Wrong number of fields; got 4, "
-         "expected 5"),
+        (
+            Entry("nightly", cron="61 3 * * *", actor="send_report", args=("daily",)),
+            "schedule entry 'nightly': cron '61 3 * * *' is not a valid crontab expression: Error validating "
+            "expression '61': the last value (61) is higher than the maximum value (59)",
+        ),
+        (
+            Entry("nightly", cron="0 3 * *", actor="send_report", args=("daily",)),
+            "schedule entry 'nightly': cron '0 3 * *' is not a valid crontab expression: "
+            "Wrong number of fields; got 4, expected 5",
+        ),
         (Entry("nightly", cron="0 3 1 * 1", actor="send_report", args=("daily",)), "APScheduler only when both do"),
-        (Entry("nightly", cron="0 3 * * *", tz="Mars/Olympus", actor="send_report", args=("daily",)),
-         "schedule entry 'nightly': tz 'Mars/Olympus' is not a known time zone"),
-        (Entry("often", every="5 minutes", actor="send_report", args=("daily",)),
-         "schedule entry 'often': every '5 minutes' is not an interval; write it like 30s, 5m, 1h or 1d"),
-        (Entry("often", every="5m", tz="Europe/Paris", actor="send_report", args=("daily",)),
-         "tz applies to cron entries only"),
-        (Entry("both", every="5m", cron="* * * * *", actor="send_report", args=("daily",)),
-         "schedule entry 'both': give exactly one of cron= or every="),
-        (Entry("ghost", every="5m", actor="send_reprot"),
-         "schedule entry 'ghost': actor 'send_reprot' is not declared; import its module in the schedule module"),
-        (Entry("no-kind", every="5m", actor="send_report"),
-         "schedule entry 'no-kind': args/kwargs do not fit actor 'send_report': missing a required argument: 'kind'"),
+        (
+            Entry("nightly", cron="0 3 * * *", tz="Mars/Olympus", actor="send_report", args=("daily",)),
+            "schedule entry 'nightly': tz 'Mars/Olympus' is not a known time zone",
+        ),
+        (
+            Entry("often", every="5 minutes", actor="send_report", args=("daily",)),
+            "schedule entry 'often': every '5 minutes' is not an interval; write it like 30s, 5m, 1h or 1d",
+        ),
+        (
+            Entry("often", every="5m", tz="Europe/Paris", actor="send_report", args=("daily",)),
+            "tz applies to cron entries only",
+        ),
+        (
+            Entry("both", every="5m", cron="* * * * *", actor="send_report", args=("daily",)),
+            "schedule entry 'both': give exactly one of cron= or every=",
+        ),
+        (
+            Entry("ghost", every="5m", actor="send_reprot"),
+            "schedule entry 'ghost': actor 'send_reprot' is not declared; import its module in the schedule module",
+        ),
+        (
+            Entry("no-kind", every="5m", actor="send_report"),
+            "schedule entry 'no-kind': args/kwargs do not fit actor 'send_report': missing a required argument: 'kind'",
+        ),
         (Entry("Bad Name", every="5m", actor="send_report", args=("daily",)), "a name is 1 to 100 lowercase"),
-        (Entry("watch", every="5m", task="check_alert"),
-         "schedule entry 'watch': task 'check_alert' is not one of the scheduler's tasks: check_alerts, "
-         "refresh_gauges"),
+        (
+            Entry("watch", every="5m", task="check_alert"),
+            "schedule entry 'watch': task 'check_alert' is not one of the scheduler's tasks: check_alerts, "
+            "refresh_gauges",
+        ),
         (Entry("watch", every="5m", task="check_alerts", args=(1,)), "schedule entry 'watch': a task takes no args"),
-        (Entry("watch", every="5m", task="check_alerts", actor="send_report"),
-         "schedule entry 'watch': give exactly one of actor= or task="),
+        (
+            Entry("watch", every="5m", task="check_alerts", actor="send_report"),
+            "schedule entry 'watch': give exactly one of actor= or task=",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_entry_is_refused_with_a_message_naming_it(
     stub_broker: StubBroker, report_actor: dramatiq.Actor, entry: Entry, problem: str
 ) -> None:
@@ -95,8 +115,14 @@ def test_the_shipped_schedule_is_valid() -> None:
 
     entries = load_schedule("scheduler.schedule")
     validate(entries, current_system().broker)
-    built_in = {"reconcile_dead_letters", "purge_dead_letters", "purge_job_status", "sweep_stalled_jobs",
-                "task refresh_gauges", "task check_alerts"}  # fmt: skip
+    built_in = {
+        "reconcile_dead_letters",
+        "purge_dead_letters",
+        "purge_job_status",
+        "sweep_stalled_jobs",
+        "task refresh_gauges",
+        "task check_alerts",
+    }
     assert {entry.runs for entry in entries} >= built_in
 
 
@@ -154,8 +180,9 @@ def test_a_new_leader_resumes_after_the_last_recorded_tick_within_the_grace_time
     task = Entry("gauges", every="10s", task="refresh_gauges")
     now = NOON + timedelta(minutes=10, seconds=35)
     for entry, last in ((recent, NOON + timedelta(minutes=10)), (stale, NOON - timedelta(hours=5)), (task, NOON)):
-        record_tick(database, entry.name, scheduled_for=last, outcome=ENQUEUED, message_id=None, error=None,
-                    fired_by="old:1")  # fmt: skip
+        record_tick(
+            database, entry.name, scheduled_for=last, outcome=ENQUEUED, message_id=None, error=None, fired_by="old:1"
+        )
     points = runner_for([recent, stale, new, task], stub_broker, database).resume_points(now=now)
     assert points == {
         "recent": NOON + timedelta(minutes=10, seconds=10),  # the ticks missed since 12:10:00 are caught up
@@ -167,8 +194,15 @@ def test_a_new_leader_resumes_after_the_last_recorded_tick_within_the_grace_time
 
 def test_the_state_keeps_the_latest_tick_when_two_leaders_record_out_of_order(database: Database) -> None:
     for minute in (2, 1):
-        record_tick(database, "tick", scheduled_for=NOON + timedelta(minutes=minute), outcome=ENQUEUED,
-                    message_id=f"m{minute}", error=None, fired_by="a:1")  # fmt: skip
+        record_tick(
+            database,
+            "tick",
+            scheduled_for=NOON + timedelta(minutes=minute),
+            outcome=ENQUEUED,
+            message_id=f"m{minute}",
+            error=None,
+            fired_by="a:1",
+        )
     assert entry_state(database, "tick")["last_message_id"] == "m2"
 
 
@@ -189,8 +223,11 @@ def test_the_file_lock_has_one_holder_and_is_free_once_it_is_released(tmp_path: 
 
 def samples(runner: TickRunner) -> dict[tuple[str, tuple[str, ...]], float]:
     """Every sample the replica serves, by name and label values."""
-    return {(sample.name, tuple(sample.labels.values())): sample.value
-            for family in runner.metrics.collect() for sample in family.samples}  # fmt: skip
+    return {
+        (sample.name, tuple(sample.labels.values())): sample.value
+        for family in runner.metrics.collect()
+        for sample in family.samples
+    }
 
 
 def test_the_leader_checks_alerts_and_serves_gauges_itself_with_no_worker_running(
@@ -202,10 +239,18 @@ def test_the_leader_checks_alerts_and_serves_gauges_itself_with_no_worker_runnin
     report_actor.send("daily")  # waits on "reports", and no worker serves it
     with database.transaction() as connection:
         for number in range(2):
-            connection.execute(job_status.insert().values(
-                message_id=f"failed-{number}", actor_name="send_report", queue_name="reports", status="failed",
-                attempts=1, unfinished_deliveries=0, finished_at=datetime.now(UTC), updated_at=datetime.now(UTC),
-            ))  # fmt: skip
+            connection.execute(
+                job_status.insert().values(
+                    message_id=f"failed-{number}",
+                    actor_name="send_report",
+                    queue_name="reports",
+                    status="failed",
+                    attempts=1,
+                    unfinished_deliveries=0,
+                    finished_at=datetime.now(UTC),
+                    updated_at=datetime.now(UTC),
+                )
+            )
     assert samples(runner)[("jobs_scheduler_leader", ())] == 0
     runner.start()
     try:

@@ -22,5 +22,6 @@ def test_two_scheduler_replicas_and_a_worker_for_the_maintenance_queue() -> None
     assert worker["command"][-2:] == ["--queues", QUEUE]
     for container in (replica, worker):
         assert [ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in container["envFrom"]] == [
-            "resilient-jobs-settings", "resilient-jobs-urls",
-        ]  # fmt: skip
+            "resilient-jobs-settings",
+            "resilient-jobs-urls",
+        ]

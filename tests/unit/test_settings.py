@@ -26,8 +26,9 @@ def test_plain_postgresql_urls_use_psycopg_3() -> None:
     assert settings.database_url == "postgresql+psycopg://app:s%40cret@db:5432/jobs"
 
 
-@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "amqp://guest:guest@localhost:5672/%2F",
-                                 "unix:///tmp/redis.sock"])  # fmt: skip
+@pytest.mark.parametrize(
+    "url", ["redis://localhost:6379/0", "amqp://guest:guest@localhost:5672/%2F", "unix:///tmp/redis.sock"]
+)
 def test_broker_urls_of_both_brokers_are_accepted(url: str) -> None:
     assert Settings.from_env({"BROKER_URL": url}).broker_url == url
 

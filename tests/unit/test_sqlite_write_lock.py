@@ -25,8 +25,12 @@ def test_a_status_write_waits_while_another_process_holds_the_lock_and_goes_on_o
     database: Database,
 ) -> None:
     writer = StatusWriter(database)
-    other = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, f"{database.engine.url.database}-writer.lock"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, f"{database.engine.url.database}-writer.lock"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert other.stdout.readline().strip() == "held"
         committed = threading.Event()

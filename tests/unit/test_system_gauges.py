@@ -15,18 +15,31 @@ from middleware.storage.database import Database
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
-def worker(worker_id: str, queues: list[str], *, heartbeat_s_ago: float, in_progress: int = 0,
-           finished_s_ago: float | None = None) -> dict:  # fmt: skip
+def worker(
+    worker_id: str,
+    queues: list[str],
+    *,
+    heartbeat_s_ago: float,
+    in_progress: int = 0,
+    finished_s_ago: float | None = None,
+) -> dict:
     return {
-        "worker_id": worker_id, "host": "h1", "queues": queues, "in_progress": in_progress,
-        "heartbeat_at": NOW - timedelta(seconds=heartbeat_s_ago), "started_at": NOW - timedelta(hours=1),
+        "worker_id": worker_id,
+        "host": "h1",
+        "queues": queues,
+        "in_progress": in_progress,
+        "heartbeat_at": NOW - timedelta(seconds=heartbeat_s_ago),
+        "started_at": NOW - timedelta(hours=1),
         "last_job_finished_at": None if finished_s_ago is None else NOW - timedelta(seconds=finished_s_ago),
-    }  # fmt: skip
+    }
 
 
 def samples(snapshot: SystemSnapshot) -> dict[tuple[str, tuple], float]:
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in metric_families(snapshot) for sample in family.samples}  # fmt: skip
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in metric_families(snapshot)
+        for sample in family.samples
+    }
 
 
 def test_a_snapshot_becomes_gauges_with_every_queue_state_and_kind() -> None:
@@ -46,8 +59,10 @@ def test_a_snapshot_becomes_gauges_with_every_queue_state_and_kind() -> None:
     def value(name: str, **labels: str) -> float:
         return found[(name, tuple(sorted(labels.items())))]
 
-    assert [value("jobs_queue_messages", queue_name="transcription", state=state)
-            for state in ("waiting", "delayed", "in_progress", "dead")] == [2, 1, 1, 3]  # fmt: skip
+    assert [
+        value("jobs_queue_messages", queue_name="transcription", state=state)
+        for state in ("waiting", "delayed", "in_progress", "dead")
+    ] == [2, 1, 1, 3]
     assert value("jobs_queue_messages", queue_name="retired", state="waiting") == 0  # only in dead_letters
     assert value("jobs_queue_oldest_waiting_age_seconds", queue_name="transcription") == 12.5
     assert value("jobs_queue_oldest_waiting_age_seconds", queue_name="notifications") == 0

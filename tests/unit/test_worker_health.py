@@ -36,8 +36,14 @@ def healthz(port: int) -> tuple[int, dict]:
 
 def build(database: Database, **options) -> tuple[StubBroker, WorkerHealth]:
     health = WorkerHealth(database=database, version="9.9.9", interval_ms=50, stale_after_ms=1_000, **options)
-    broker = StubBroker(middleware=[health, CurrentMessage(), JobStatus(database=database),
-                                    Retries(min_backoff=10, max_backoff=20, requeue_delay_ms=10)])  # fmt: skip
+    broker = StubBroker(
+        middleware=[
+            health,
+            CurrentMessage(),
+            JobStatus(database=database),
+            Retries(min_backoff=10, max_backoff=20, requeue_delay_ms=10),
+        ]
+    )
     broker.emit_after("process_boot")
     return broker, health
 
@@ -141,9 +147,15 @@ def test_rows_of_workers_silent_longer_than_the_forget_limit_are_deleted(databas
         [own] = list_worker_heartbeats(database)
         with database.transaction() as connection:
             for worker_id, silent_s in (("crashed-long-ago", 61), ("crashed-recently", 59)):
-                connection.execute(insert(worker_heartbeats).values({
-                    **own, "worker_id": worker_id, "heartbeat_at": own["heartbeat_at"] - timedelta(seconds=silent_s),
-                }))  # fmt: skip
+                connection.execute(
+                    insert(worker_heartbeats).values(
+                        {
+                            **own,
+                            "worker_id": worker_id,
+                            "heartbeat_at": own["heartbeat_at"] - timedelta(seconds=silent_s),
+                        }
+                    )
+                )
         health.publish()
         assert {row["worker_id"] for row in list_worker_heartbeats(database)} == {health.worker_id, "crashed-recently"}
     finally:
