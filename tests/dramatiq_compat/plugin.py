@@ -308,6 +308,8 @@ def _empty_redis_database(client: redis.Redis) -> None:
     client.flushdb()
 
 
+# tests.harness has the same two helpers, but this file runs as the conftest of Dramatiq's own package
+# named ``tests``, which hides ours: importing them would import Dramatiq's tests instead.
 def _create_vhost(name: str) -> str:
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, capture_output=True)
     subprocess.run(

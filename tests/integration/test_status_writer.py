@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 import dramatiq
 import pytest
 from dramatiq.middleware import TimeLimitExceeded
-from dramatiq.threading import raise_thread_exception
 from sqlalchemy import text
 
 from middleware.job_status import PROGRESS_UPSERT, get_job, progress_values
@@ -25,7 +24,7 @@ from middleware.storage.status_writer import (
     row_values,
     run_values,
 )
-from tests.harness import wait_until
+from tests.unit.test_group_commit_interrupts import interrupt_a_waiting_caller
 
 
 def test_a_status_write_after_the_server_dropped_the_connection_goes_through_on_a_new_one(postgres_url: str) -> None:
@@ -166,22 +165,7 @@ def test_a_status_writer_caller_interrupted_by_dramatiq_mid_wait_leaves_every_wr
     writes.submit(first)
     first_started.wait(timeout=10)
     interrupted = Write(ENQUEUE, row_values("interrupted-2", "job", "default", "queued", now))
-    outcome: list[object] = []
-
-    def caller() -> None:
-        try:
-            outcome.append(writes.run(interrupted))
-        except TimeLimitExceeded as interrupt:
-            outcome.append(interrupt)
-
-    thread = threading.Thread(target=caller)
-    thread.start()
-    wait_until(
-        lambda: any(interrupted in c.writes for c in writes._waiting),
-        timeout_s=10,
-        what="the caller waiting behind the held commit",
-    )
-    raise_thread_exception(thread.ident, TimeLimitExceeded)
+    thread, outcome = interrupt_a_waiting_caller(writes, interrupted)
     behind = Write(ENQUEUE, row_values("behind-3", "job", "default", "queued", now))
     writes.submit(behind)
     hold_first.set()

@@ -120,6 +120,29 @@ def test_an_interrupt_at_any_point_of_a_caller_leaves_the_commit_working(operati
     assert len(points) >= 10, f"the interrupt landed at too few points to mean anything: {points}"
 
 
+def interrupt_a_waiting_caller(group: GroupCommit, write: Write) -> tuple[threading.Thread, list[object]]:
+    """Run ``group.run(write)`` on a thread of its own, wait until it waits behind the flush under way,
+    and raise Dramatiq's TimeLimitExceeded into it, as TimeLimit does; return the thread and its
+    outcome (the result, or the interrupt), filled in once the thread ends."""
+    outcome: list[object] = []
+
+    def caller() -> None:
+        try:
+            outcome.append(group.run(write))
+        except TimeLimitExceeded as interrupt:
+            outcome.append(interrupt)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    wait_until(
+        lambda: any(write in waiting.writes for waiting in group._waiting),
+        timeout_s=DEADLINE_S,
+        what="the caller waiting behind the flush",
+    )
+    raise_thread_exception(thread.ident, TimeLimitExceeded)  # lands as soon as the thread runs Python again
+    return thread, outcome
+
+
 def test_a_caller_woken_by_its_commit_and_interrupted_by_dramatiq_stops_no_one() -> None:
     """The stall of issue 18, end to end: a waiting thread gets TimeLimitExceeded from Dramatiq's own
     raise_thread_exception while a flush is under way and other writes are pending behind it."""
@@ -128,22 +151,7 @@ def test_a_caller_woken_by_its_commit_and_interrupted_by_dramatiq_stops_no_one()
     group.submit(Write("double", {"value": 1}))
     recorder.first_started.wait(timeout=DEADLINE_S)
     interrupted = Write("double", {"value": 2})
-    outcome: list[BaseException | object] = []
-
-    def caller() -> None:
-        try:
-            outcome.append(group.run(interrupted))
-        except TimeLimitExceeded as interrupt:
-            outcome.append(interrupt)
-
-    thread = threading.Thread(target=caller)
-    thread.start()
-    wait_until(
-        lambda: any(interrupted in c.writes for c in group._waiting),
-        timeout_s=DEADLINE_S,
-        what="the caller waiting behind the flush",
-    )
-    raise_thread_exception(thread.ident, TimeLimitExceeded)  # lands as soon as the thread runs Python again
+    thread, outcome = interrupt_a_waiting_caller(group, interrupted)
     behind = Write("double", {"value": 3})
     group.submit(behind)  # pending behind the flush: before issue 18 the interrupted caller was to flush it
     recorder.hold_first.set()
