@@ -38,6 +38,7 @@ demo: setup
 test: setup services docs
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 # The guide (docs/pages/), built strictly: a broken link or anchor, or a page missing from nav, fails.

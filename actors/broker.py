@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker as DramatiqRabbitmqBroker
 from dramatiq.middleware import (
@@ -40,7 +38,7 @@ from middleware.storage.database_outages import DatabaseOutages
 from middleware.worker_health import WorkerHealth
 
 
-def build_middleware(settings: Settings, database: Database, *, redis: bool) -> Sequence[Middleware]:
+def build_middleware(settings: Settings, database: Database, *, redis: bool) -> list[Middleware]:
     """The stack, in order: ``before_*`` hooks run top to bottom, ``after_*`` bottom to top."""
     # Redis only: heartbeats from a process of their own, so a job holding the GIL never looks
     # dead, and a dead worker's jobs come back within the liveness window, not by chance.

@@ -52,6 +52,7 @@ def _read(env: _Environment, each: Field) -> Any:
         return env.integer(name, default, minimum=metadata["minimum"], maximum=metadata["maximum"])
     if isinstance(default, float):
         return env.fraction(name, default)
+    assert isinstance(default, str)  # a default that is not a number, a flag or a text comes with its read
     return env.text(name, default) or default
 
 

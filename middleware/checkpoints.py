@@ -50,7 +50,6 @@ from dramatiq.middleware import Middleware, SkipMessage
 from sqlalchemy import (
     JSON,
     Connection,
-    Insert,
     bindparam,
     null,
     or_,
@@ -59,6 +58,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.dml import ReturningInsert
 
 from middleware.dead_letters import message_payload
 from middleware.errors import ActorDeclarationError, CheckpointBusy, CheckpointSuperseded, HandBack
@@ -102,7 +102,7 @@ class Checkpoint:
         *,
         database: Database,
         key: str,
-        message: dramatiq.Message,
+        message: dramatiq.Message | dramatiq.MessageProxy,
         hand_back_at: float | None = None,
         lease_ms: int = DEFAULT_LEASE_MS,
     ) -> None:
@@ -247,7 +247,7 @@ class Checkpoint:
         )
 
 
-def _insert_row(dialect_name: str, **values: Any) -> Insert:
+def _insert_row(dialect_name: str, **values: Any) -> postgresql.Insert | sqlite.Insert:
     """A new checkpoint row, leased to the delivery inserting it: the claim's and the save's INSERT."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     now = bindparam("now", type_=job_checkpoints.c.updated_at.type)
@@ -265,7 +265,7 @@ def _insert_row(dialect_name: str, **values: Any) -> Insert:
 
 
 @cache
-def _claim_statement(dialect_name: str) -> Insert:
+def _claim_statement(dialect_name: str) -> ReturningInsert[Any]:
     """Claims the lease (creating the row on a first run) unless the work is complete or another
     message's delivery holds a fresh lease; returns the saved position, or no row if not claimed."""
     statement = _insert_row(dialect_name, saves=0)
@@ -289,7 +289,7 @@ def _claim_statement(dialect_name: str) -> Insert:
 
 
 @cache
-def _save_statement(dialect_name: str) -> Insert:
+def _save_statement(dialect_name: str) -> ReturningInsert[Any]:
     """The checkpoint's upsert, fenced by the lease, built once per dialect: building it for every
     save cost more CPU than the database's round trips (profiled: ``bench/README.md``)."""
     statement = _insert_row(
@@ -375,7 +375,7 @@ class Checkpoints(Middleware):
                     _duration(self.consumer_timeout_ms),
                 )
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         actor = broker.get_actor(message.actor_name)
         if not actor.options.get("checkpointed"):
             return
@@ -402,7 +402,7 @@ class Checkpoints(Middleware):
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: dramatiq.MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
@@ -412,7 +412,7 @@ class Checkpoints(Middleware):
         if checkpoint is not None:
             _finish(checkpoint, completed=exception is None)
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         checkpoint = _current.get()
         _current.set(None)
         if checkpoint is not None and checkpoint.lease_token is not None:  # skipped by a later middleware

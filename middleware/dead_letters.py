@@ -60,7 +60,7 @@ class DeadLetters(Middleware):
     def __init__(self, *, database: Database) -> None:
         self.database = database
 
-    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         exception = getattr(message, "_exception", None)
         row = {
             "queue_name": q_name(message.queue_name),
@@ -94,7 +94,7 @@ class DeadLetters(Middleware):
         )
 
 
-def message_payload(message: dramatiq.Message) -> dict[str, Any]:
+def message_payload(message: dramatiq.Message | dramatiq.MessageProxy) -> dict[str, Any]:
     """The message as a plain dict (what ``Message(**payload)`` rebuilds), without broker bookkeeping."""
     payload = message.asdict()
     payload["options"] = {key: value for key, value in payload["options"].items() if key != "redis_message_id"}

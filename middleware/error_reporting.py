@@ -29,6 +29,7 @@ from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 from sentry_sdk.integrations.dedupe import DedupeIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration, ignore_logger
+from sentry_sdk.types import Event
 
 from middleware.dead_letters import kind_of, message_payload
 from middleware.job_logs import EVENTS_LOGGER, attempt_of
@@ -86,7 +87,7 @@ class ErrorReporting(Middleware):
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: dramatiq.MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
@@ -121,7 +122,7 @@ class ErrorReporting(Middleware):
                 },
             )
 
-    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         if sentry_sdk.get_client().is_active():
             report_final_failure(broker, message, sensitive_fields=self.sensitive_fields)
 
@@ -132,7 +133,7 @@ class ErrorReporting(Middleware):
 
 
 def report_final_failure(
-    broker: dramatiq.Broker, message: dramatiq.Message, *, sensitive_fields: Collection[str]
+    broker: dramatiq.Broker, message: dramatiq.Message | dramatiq.MessageProxy, *, sensitive_fields: Collection[str]
 ) -> str | None:
     """Send one event for a message that will not run again; returns the event id."""
     exception = getattr(message, "_exception", None)
@@ -171,24 +172,25 @@ def report_final_failure(
         return sentry_sdk.capture_message(f"{message.actor_name} {message.message_id} was dead-lettered", "error")
 
 
-def redact_event(
-    event: dict[str, Any], sensitive_fields: Collection[str], values: Collection[str] = ()
-) -> dict[str, Any]:
+def redact_event(event: Event, sensitive_fields: Collection[str], values: Collection[str] = ()) -> Event:
     """The event with sensitive keys redacted and the known sensitive ``values`` scrubbed from its text.
 
     Only the parts that carry job data are touched (never ids, timestamps or the SDK's own fields).
     """
     for exception in (event.get("exception") or {}).get("values") or ():
         exception["value"] = scrub(exception.get("value"), values)
-    for part in ("extra", "contexts"):
-        if isinstance(event.get(part), Mapping):
-            event[part] = scrub_deep(redact(event[part], sensitive_fields), values)
+    # Each key spelled out: an Event is a TypedDict, indexed by literal keys only.
+    if isinstance(event.get("extra"), Mapping):
+        event["extra"] = scrub_deep(redact(event["extra"], sensitive_fields), values)
+    if isinstance(event.get("contexts"), Mapping):
+        event["contexts"] = scrub_deep(redact(event["contexts"], sensitive_fields), values)
     if isinstance(event.get("logentry"), Mapping):
         event["logentry"] = scrub_deep(event["logentry"], values)
     breadcrumbs = event.get("breadcrumbs")
     crumbs = breadcrumbs.get("values") if isinstance(breadcrumbs, Mapping) else breadcrumbs
-    for index, crumb in enumerate(crumbs or ()):
-        crumbs[index] = _redact_breadcrumb(crumb, sensitive_fields, values)
+    if isinstance(crumbs, list):  # not the SDK's AnnotatedValue, which never reaches an event processor
+        for index, crumb in enumerate(crumbs):
+            crumbs[index] = _redact_breadcrumb(crumb, sensitive_fields, values)
     return event
 
 
@@ -201,6 +203,8 @@ def _redact_breadcrumb(
     return crumb
 
 
-def _sensitive_values_of(broker: dramatiq.Broker, message: dramatiq.Message, fields: Collection[str]) -> set[str]:
+def _sensitive_values_of(
+    broker: dramatiq.Broker, message: dramatiq.Message | dramatiq.MessageProxy, fields: Collection[str]
+) -> set[str]:
     parameters = positional_parameter_names(broker, message.actor_name)
     return sensitive_values(message_payload(message), fields, parameter_names=parameters)

@@ -94,7 +94,7 @@ class Idempotency(Middleware):
             )
         return released
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         if not message.options.get("idempotency_key"):
             return
         query = select(job_status.c.status).where(job_status.c.message_id == message.message_id)
@@ -207,11 +207,12 @@ def settle_refused_sends(broker: dramatiq.Broker, messages: Sequence[dramatiq.Me
 def connection_refused(error: BaseException) -> bool:
     """Whether ``error`` (or an error it was raised from) is a refused TCP connection: nothing was sent."""
     seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, ConnectionRefusedError):
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
             return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return False
 
 

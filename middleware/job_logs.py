@@ -55,7 +55,7 @@ def add_event_listener(listener: EventListener) -> None:
         _listeners.append(listener)
 
 
-def log_event(event: str, message: dramatiq.Message, **fields: Any) -> None:
+def log_event(event: str, message: dramatiq.Message | dramatiq.MessageProxy, **fields: Any) -> None:
     """Emit one job event (a log record whose ``job_event`` extra the JSON formatter writes)."""
     record = {
         "event": event,
@@ -94,7 +94,7 @@ def emit_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
     events_logger.log(level, "%s", event, extra={"job_event": {"event": event, **fields}})
 
 
-def attempt_of(message: dramatiq.Message) -> int:
+def attempt_of(message: dramatiq.Message | dramatiq.MessageProxy) -> int:
     """The attempt being run (1 for the first): failed attempts so far, plus this one."""
     return message.options.get("retries", 0) + 1
 
@@ -172,7 +172,7 @@ class StandardErrorHandler(logging.Handler):
     while holding it stalled the others (a tenth of a worker's thread time in a no-op drain).
     """
 
-    def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:
+    def handle(self, record: logging.LogRecord) -> bool:
         result = self.filter(record)
         if result:
             if isinstance(result, logging.LogRecord):
@@ -198,6 +198,7 @@ class StandardErrorHandler(logging.Handler):
         if len(line) <= select.PIPE_BUF:
             os.write(2, line)
         else:
+            assert self.lock is not None  # made by logging.Handler.__init__ (createLock)
             with self.lock:  # to the master's pipe, possibly in several writes: one long line at a time
                 sys.stderr.write(line.decode("utf-8"))
                 sys.stderr.flush()
@@ -221,14 +222,14 @@ class JobLogs(Middleware):
     decided whether the job will run again.
     """
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         _started_at.set(time.monotonic())
         log_event("job.start", message, attempt=attempt_of(message))
 
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: dramatiq.MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
@@ -253,5 +254,5 @@ class JobLogs(Middleware):
             duration_ms=duration_ms,
         )
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         _started_at.set(None)

@@ -99,7 +99,7 @@ class JobStatus(Middleware):
         now = _now()
         self._writes.run_all([_enqueue_write(message, now) for message in messages])
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         start = Write(
             START,
             row_values(
@@ -128,7 +128,7 @@ class JobStatus(Middleware):
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: dramatiq.MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
@@ -145,18 +145,18 @@ class JobStatus(Middleware):
             attempted = not isinstance(exception, MiddlewareError)
             self._finish(message, status=PROCESSING, finished=False, attempted=attempted)
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         if not message.failed:  # skipped because its work is already complete
             self._finish(message, status=COMPLETED, progress=1.0)
 
-    def before_ack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_ack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         if not self._consumers_ack_when_saved:
             self._save(message)
 
-    def before_nack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_nack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         self._save(message)
 
-    def _save(self, message: dramatiq.Message) -> None:
+    def _save(self, message: dramatiq.MessageProxy) -> None:
         """Wait until the delivery's status writes are committed: the broker must not let go of the
         message first (a worker killed in between would leave a finished job ``processing``)."""
         writes = _take_unsaved(message)
@@ -168,7 +168,9 @@ class JobStatus(Middleware):
         not wait, and hold up the worker thread."""
         self._consumers_ack_when_saved = True
 
-    def when_saved(self, message: dramatiq.Message, ack_all: Callable[[list[dramatiq.Message]], None]) -> None:
+    def when_saved(
+        self, message: dramatiq.MessageProxy, ack_all: Callable[[list[dramatiq.MessageProxy]], None]
+    ) -> None:
         """Ack ``message`` once the delivery's status writes are committed: ``ack_all([message, ...])``
         is called with the messages whose writes were committed together, by the thread that committed
         them; or at once with ``[message]`` if they are committed already."""
@@ -180,8 +182,10 @@ class JobStatus(Middleware):
         self._writes.then(writes[-1], self._ack_saved, (message, writes, ack_all))
 
     @staticmethod
-    def _ack_saved(saved: list[tuple[dramatiq.Message, list[Write], Callable[[list[dramatiq.Message]], None]]]) -> None:
-        by_ack: dict[Callable[[list[dramatiq.Message]], None], list[dramatiq.Message]] = {}
+    def _ack_saved(
+        saved: list[tuple[dramatiq.MessageProxy, list[Write], Callable[[list[dramatiq.MessageProxy]], None]]],
+    ) -> None:
+        by_ack: dict[Callable[[list[dramatiq.MessageProxy]], None], list[dramatiq.MessageProxy]] = {}
         for message, writes, ack_all in saved:
             for write in writes:
                 if write.error is not None:  # as the wait in before_ack would have: logged, and acked
@@ -197,7 +201,7 @@ class JobStatus(Middleware):
 
     def _finish(
         self,
-        message: dramatiq.Message,
+        message: dramatiq.MessageProxy,
         *,
         status: str,
         error: str | None = None,
@@ -228,7 +232,7 @@ class JobStatus(Middleware):
         writes.append(finish)
 
 
-def _unsaved(message: dramatiq.Message) -> list[Write]:
+def _unsaved(message: dramatiq.MessageProxy) -> list[Write]:
     """The status writes of this delivery not known to be committed yet. They live on the delivery
     (Dramatiq's message proxy, from fetch to ack), not under the message id: a delayed message's
     ack and the delivery of its copy in the queue share the id."""
@@ -238,7 +242,7 @@ def _unsaved(message: dramatiq.Message) -> list[Write]:
     return writes
 
 
-def _take_unsaved(message: dramatiq.Message) -> list[Write]:
+def _take_unsaved(message: dramatiq.MessageProxy) -> list[Write]:
     return message.__dict__.pop(_UNSAVED, None) or []
 
 
@@ -261,7 +265,9 @@ PROGRESS_UPSERT = text(
 ).bindparams(bindparam("now", type_=job_status.c.updated_at.type))
 
 
-def progress_values(message: dramatiq.Message, fraction: float, now: datetime) -> dict[str, Any]:
+def progress_values(
+    message: dramatiq.Message | dramatiq.MessageProxy, fraction: float, now: datetime
+) -> dict[str, Any]:
     """The parameters of :data:`PROGRESS_UPSERT` (``fraction`` clamped to 0..1)."""
     return {
         "of_message": message.message_id,

@@ -165,7 +165,7 @@ _EVENT_COUNTERS: Mapping[str, Counter] = {
 }
 
 
-def message_labels(message: dramatiq.Message) -> tuple[str, str]:
+def message_labels(message: dramatiq.MessageProxy) -> tuple[str, str]:
     return q_name(message.queue_name), message.actor_name
 
 
@@ -238,23 +238,23 @@ class Metrics(Middleware):
         # delayed message moved to its queue at its eta is enqueued again, and stamped again.
         message.options[ENQUEUED_AT_OPTION] = current_millis()
 
-    def before_delay_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_delay_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         with self._delayed_lock:
             if message.message_id in self._delayed:
                 return
             self._delayed.add(message.message_id)
         delayed_messages_inprogress.labels(*message_labels(message)).inc()
 
-    def after_ack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_ack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         self._release_delayed(message)  # a held message is acked when it moves to its queue at its eta
 
-    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         self._release_delayed(message)
         labels = message_labels(message)
         message_rejects_total.labels(*labels).inc()
         jobs_failures_total.labels(*labels, kind_of(getattr(message, "_exception", None))).inc()
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         metrics = self._delivery_metrics(message_labels(message))
         now_ms = current_millis()
         _delivery_started.set(time.monotonic())
@@ -265,7 +265,7 @@ class Metrics(Middleware):
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: dramatiq.MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
@@ -290,7 +290,7 @@ class Metrics(Middleware):
                 outcome = "failed"  # counted by kind in after_nack, which poison messages reach too
         self._finish(labels, outcome)
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         self._finish(message_labels(message), "skipped")
 
     def _finish(self, labels: tuple[str, str], outcome: str) -> None:
@@ -312,7 +312,7 @@ class Metrics(Middleware):
             metrics = self._deliveries[labels] = _DeliveryMetrics.of(labels)
         return metrics
 
-    def _release_delayed(self, message: dramatiq.Message) -> None:
+    def _release_delayed(self, message: dramatiq.MessageProxy) -> None:
         with self._delayed_lock:
             if message.message_id not in self._delayed:
                 return
@@ -358,7 +358,7 @@ def count_job_event(record: Mapping[str, Any]) -> None:
     """Count the job events no Dramatiq hook sees (a listener of ``middleware.job_logs``)."""
     event = record.get("event")
     labels = (record.get("queue", ""), record.get("actor", ""))
-    if event in _EVENT_COUNTERS:
+    if isinstance(event, str) and event in _EVENT_COUNTERS:
         _EVENT_COUNTERS[event].labels(*labels).inc()
     elif event == "job.dead_lettered" and record.get("dead_letter_id") is not None:
         dead_letters_recorded_total.labels(*labels, record.get("kind", "")).inc()

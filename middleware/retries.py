@@ -88,14 +88,14 @@ class Retries(Middleware):
             "retryable_errors",
         }
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         current_failure.set(None)
         delivery_superseded.set(False)
 
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: dramatiq.MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
@@ -146,7 +146,7 @@ class Retries(Middleware):
         )
         enqueue_until_accepted(broker, message, delay=decision.delay_ms)
 
-    def policy_of(self, actor: dramatiq.Actor, message: dramatiq.Message) -> RetryPolicy:
+    def policy_of(self, actor: dramatiq.Actor, message: dramatiq.Message | dramatiq.MessageProxy) -> RetryPolicy:
         policy = message.options.get("retry_policy") or actor.options.get("retry_policy")
         if isinstance(policy, RetryPolicy):
             return policy
@@ -160,7 +160,9 @@ class Retries(Middleware):
             )
         return self.default_policy
 
-    def _decide(self, actor: dramatiq.Actor, message: dramatiq.Message, exception: BaseException) -> FailureDecision:
+    def _decide(
+        self, actor: dramatiq.Actor, message: dramatiq.Message | dramatiq.MessageProxy, exception: BaseException
+    ) -> FailureDecision:
         policy = self.policy_of(actor, message)
         attempt = message.options.get("retries", 0) + 1
         classification = classify_for_actor(actor, message, exception)
@@ -175,13 +177,20 @@ class Retries(Middleware):
         return FailureDecision(classification, attempt, policy.attempts, will_retry, delay_ms)
 
 
-def _in_throws(actor: dramatiq.Actor, message: dramatiq.Message, exception: BaseException) -> bool:
+def _in_throws(
+    actor: dramatiq.Actor, message: dramatiq.Message | dramatiq.MessageProxy, exception: BaseException
+) -> bool:
     throws = message.options.get("throws") or actor.options.get("throws")
-    return bool(throws) and isinstance(exception, throws)
+    if not throws:
+        return False
+    return isinstance(exception, throws)
 
 
 def _send_on_retry_exhausted(
-    broker: dramatiq.Broker, actor: dramatiq.Actor, message: dramatiq.Message, decision: FailureDecision
+    broker: dramatiq.Broker,
+    actor: dramatiq.Actor,
+    message: dramatiq.Message | dramatiq.MessageProxy,
+    decision: FailureDecision,
 ) -> None:
     target_name = message.options.get("on_retry_exhausted") or actor.options.get("on_retry_exhausted")
     if not target_name:
@@ -200,7 +209,9 @@ def _send_on_retry_exhausted(
     target.send(message.asdict(), {"retries": decision.attempt - 1, "max_retries": decision.max_attempts - 1})
 
 
-def classify_for_actor(actor: dramatiq.Actor, message: dramatiq.Message, exception: BaseException) -> Classification:
+def classify_for_actor(
+    actor: dramatiq.Actor, message: dramatiq.Message | dramatiq.MessageProxy, exception: BaseException
+) -> Classification:
     if _in_throws(actor, message, exception):
         return Classification(ErrorKind.FATAL, f"{type(exception).__name__} is in the actor's throws")
     if isinstance(exception, TypeError) and not _arguments_fit(actor, message):
@@ -220,7 +231,7 @@ def is_resumable_interruption(actor: dramatiq.Actor, exception: BaseException) -
     )
 
 
-def _arguments_fit(actor: dramatiq.Actor, message: dramatiq.Message) -> bool:
+def _arguments_fit(actor: dramatiq.Actor, message: dramatiq.Message | dramatiq.MessageProxy) -> bool:
     try:
         inspect.signature(actor.fn).bind(*message.args, **message.kwargs)
     except TypeError:

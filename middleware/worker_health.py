@@ -213,7 +213,7 @@ class WorkerHealth(Middleware):
         if self._probe is not None:
             self._probe.stop()
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         self._counters.started(
             _RunningJob(
                 message_id=message.message_id,
@@ -226,7 +226,7 @@ class WorkerHealth(Middleware):
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: dramatiq.MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
@@ -240,7 +240,7 @@ class WorkerHealth(Middleware):
         else:
             self._counters.finished(failed=True)
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         # Skipped: already complete (a success), or dead-lettered before running (poison: a failure).
         self._counters.finished(failed=message.failed)
 

@@ -150,6 +150,7 @@ def validate(entries: Sequence[Entry], broker: dramatiq.Broker, *, tasks: Collec
             if entry.args or entry.kwargs:
                 raise entry._error("a task takes no args or kwargs")
             continue
+        assert entry.actor is not None  # checked above: exactly one of actor and task
         try:
             actor = broker.get_actor(entry.actor)
         except ActorNotFound:

@@ -26,7 +26,7 @@ import os
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 import psycopg
 from sqlalchemy import text
@@ -38,8 +38,19 @@ logger = logging.getLogger("scheduler.leader")
 
 #: The advisory lock's key: advisory locks are per database, so one leader per system database.
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"resilient-jobs scheduler leader").digest()[:8], "big", signed=True)
+
+
+class _ClientTimeouts(TypedDict):
+    connect_timeout: int
+    keepalives: int
+    keepalives_idle: int
+    keepalives_interval: int
+    keepalives_count: int
+    tcp_user_timeout: int
+
+
 #: libpq and server settings of the lock's connection: fail fast rather than lead blind.
-_CLIENT_TIMEOUTS = {
+_CLIENT_TIMEOUTS: _ClientTimeouts = {
     "connect_timeout": 5,
     "keepalives": 1,
     "keepalives_idle": 5,
@@ -105,7 +116,9 @@ class PostgresLeaderLock:
                     options=_SERVER_SETTINGS,
                     **_CLIENT_TIMEOUTS,
                 )
-            return bool(self._connection.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()[0])
+            row = self._connection.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()
+            assert row is not None  # a SELECT of a function call: always one row
+            return bool(row[0])
         except psycopg.Error as error:
             logger.warning("Cannot reach PostgreSQL to take the leader lock (%s); trying again.", error)
             self._drop_connection()

@@ -143,7 +143,7 @@ class TickRunner:
         tick's key is held by a message that may never have been sent."""
         scheduled_for = scheduled_for.astimezone(UTC)
         late_ms = max(0, round((datetime.now(UTC) - scheduled_for).total_seconds() * 1000))
-        fields = {
+        fields: dict[str, Any] = {
             "entry": entry.name,
             "runs": entry.runs,
             "scheduled_for": scheduled_for.isoformat(),
@@ -155,10 +155,11 @@ class TickRunner:
             emit_event("schedule.missed", level=logging.WARNING, **fields)
             return MISSED
         if entry.task is not None:
-            return self._run_task(entry, scheduled_for, fields)
+            return self._run_task(entry, entry.task, scheduled_for, fields)
+        assert entry.actor is not None  # an entry has exactly one of actor and task (entries.validate)
         self._report_if_previous_not_started(entry)
         message = self.broker.get_actor(entry.actor).message_with_options(
-            args=entry.args, kwargs=entry.kwargs, idempotency_key=entry.tick_key(scheduled_for)
+            args=tuple(entry.args), kwargs=dict(entry.kwargs), idempotency_key=entry.tick_key(scheduled_for)
         )
         try:
             # The message is built first (not send_with_options) so that, if the broker refuses it,
@@ -213,10 +214,10 @@ class TickRunner:
             "whose scheduler died before sending",
         )
 
-    def _run_task(self, entry: Entry, scheduled_for: datetime, fields: dict[str, Any]) -> str:
+    def _run_task(self, entry: Entry, task: str, scheduled_for: datetime, fields: dict[str, Any]) -> str:
         assert self._tasks is not None, "tasks run only while the runner is started"
         try:
-            result = TASKS[entry.task](self._tasks)
+            result = TASKS[task](self._tasks)
         except Exception as error:
             detail = f"{type(error).__name__}: {error}"
             self._record(entry, scheduled_for, ERROR, None, detail)

@@ -14,6 +14,7 @@ lookup was made from: an identity comparison of a score of pointers.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from dramatiq.middleware import Middleware, MiddlewareError
@@ -23,6 +24,7 @@ class DispatchesToImplementedHooks:
     """Mix in before a ``dramatiq.Broker`` class: ``class RedisBroker(DispatchesToImplementedHooks, ...)``."""
 
     middleware: list[Middleware]
+    logger: logging.Logger
 
     def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
         name = "before_" + signal
@@ -44,7 +46,7 @@ class DispatchesToImplementedHooks:
 
     def _implementing(self, hook: str) -> list[Middleware]:
         """The middleware, in stack order, whose ``hook`` is not ``Middleware``'s no-op."""
-        cache = self.__dict__.get("_hook_cache")
+        cache: tuple[list[Middleware], dict[str, list[Middleware]]] | None = self.__dict__.get("_hook_cache")
         if cache is None or cache[0] != self.middleware:
             cache = self.__dict__["_hook_cache"] = (list(self.middleware), {})
         implementing = cache[1].get(hook)

@@ -21,11 +21,14 @@ _CONNECTION_ERRORS = (BrokerConnectionError, redis.ConnectionError, redis.Timeou
 MAX_PAUSE_S = 5.0
 
 
-def enqueue_until_accepted(broker: dramatiq.Broker, message: dramatiq.Message, *, delay: int | None) -> None:
+def enqueue_until_accepted(
+    broker: dramatiq.Broker, message: dramatiq.Message | dramatiq.MessageProxy, *, delay: int | None
+) -> None:
     pause_s = 0.1
     while True:
         try:
-            broker.enqueue(message, delay=delay)
+            # Dramatiq types enqueue's message as a Message, but its own Retries re-enqueues a MessageProxy.
+            broker.enqueue(message, delay=delay)  # type: ignore[arg-type]  # a proxy, as in Dramatiq's Retries
             return
         except _CONNECTION_ERRORS as error:
             logger.warning(

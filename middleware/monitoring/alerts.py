@@ -135,7 +135,7 @@ def failed_since(database: Database, since: datetime) -> int:
         .where(job_status.c.status == FAILED, job_status.c.finished_at >= since)
     )
     with database.engine.connect() as connection:
-        return connection.scalar(query)
+        return connection.execute(query).scalar_one()
 
 
 def _describe(window: timedelta) -> str:

@@ -66,7 +66,8 @@ def take_snapshot(
         .group_by(dead_letters.c.queue_name, dead_letters.c.kind)
     )
     with database.engine.connect() as connection:
-        unresolved = {(queue, kind): count for queue, kind, count in connection.execute(query)}
+        # Indexed, not unpacked: mypy 1 types an unpacked Row's values as object.
+        unresolved = {(row[0], row[1]): row[2] for row in connection.execute(query)}
     workers = list_worker_heartbeats(database)
     return SystemSnapshot(
         taken_at=now,

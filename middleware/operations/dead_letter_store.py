@@ -111,7 +111,7 @@ def requeue(database: Database, broker: dramatiq.Broker, dead_letter_id: int, *,
     if MALFORMED_BODY in payload:
         raise ValueError(f"dead letter {dead_letter_id} holds a malformed message body; there is nothing to requeue")
     options = {key: value for key, value in payload.get("options", {}).items() if key not in _RUN_OPTIONS}
-    message = dramatiq.Message(
+    message: dramatiq.Message[Any] = dramatiq.Message(
         **{**payload, "options": options, "message_id": str(uuid.uuid4()), "message_timestamp": int(time.time() * 1000)}
     )
     broker.enqueue(message)
@@ -192,7 +192,7 @@ def _record_missing(database: Database, rows: list[dict[str, Any]]) -> int:
     recorded when it failed, so one query that finds them spares a transaction each."""
     recorded = 0
     with database.transaction() as connection:
-        known = set(
+        known: set[str] = set(
             connection.scalars(
                 select(dead_letters.c.message_id).where(
                     dead_letters.c.message_id.in_([row["message_id"] for row in rows])

@@ -233,7 +233,8 @@ def _oldest_queued(database: Database, names: list[str]) -> dict[str, datetime]:
         .group_by(job_status.c.queue_name)
     )
     with database.engine.connect() as connection:
-        return {name: oldest for name, oldest in connection.execute(query) if oldest is not None}
+        # Indexed, not unpacked: mypy 1 types an unpacked Row's values as object.
+        return {row[0]: row[1] for row in connection.execute(query) if row[1] is not None}
 
 
 def _age_s(now: datetime, since: datetime | None) -> float | None:

@@ -76,11 +76,15 @@ def sweep_stalled_jobs(broker: dramatiq.Broker, database: Database, *, stalled_a
     by_queue: dict[str, list[str]] = defaultdict(list)
     for row in rows:
         by_queue[row["queue_name"]].append(row["message_id"])
-    held = {
-        message_id
-        for queue_name, message_ids in by_queue.items()
-        for message_id in _held_message_ids(broker, queue_name, message_ids)
-    }
+    held = (
+        {
+            message_id
+            for queue_name, message_ids in by_queue.items()
+            for message_id in _held_message_ids(broker, queue_name, message_ids)
+        }
+        if isinstance(broker, RedisBroker)
+        else set()  # no rows left to look up
+    )
     for row in rows:
         if row["message_id"] in held:
             continue
@@ -231,5 +235,7 @@ def _unchanged(row: dict[str, Any]):
 def _enqueue_again(broker: dramatiq.Broker, payload: dict[str, Any]) -> None:
     options = {key: value for key, value in payload.get("options", {}).items() if key not in _DELIVERY_OPTIONS}
     options[HANDED_BACK] = options.get(HANDED_BACK, 0) + 1  # its next delivery counts itself before it runs
-    message = dramatiq.Message(**{**payload, "queue_name": q_name(payload["queue_name"]), "options": options})
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        **{**payload, "queue_name": q_name(payload["queue_name"]), "options": options}
+    )
     broker.enqueue(message)

@@ -47,7 +47,8 @@ def sensitive_values(
 ) -> set[str]:
     """Every string (of 4 characters or more) held under a sensitive key or positional parameter of a payload."""
     found: set[str] = set()
-    arguments = payload.get("args") if isinstance(payload.get("args"), list | tuple) else ()
+    args = payload.get("args")
+    arguments = args if isinstance(args, list | tuple) else ()
     for index, argument in enumerate(arguments):
         sensitive = index < len(parameter_names) and is_sensitive(parameter_names[index], sensitive_fields)
         _collect(argument, sensitive_fields, found, sensitive=sensitive)

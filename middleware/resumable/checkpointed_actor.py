@@ -39,7 +39,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dramatiq.generic import GenericActor, generic_actor
 from sqlalchemy.engine import Connection
@@ -97,7 +97,12 @@ def _check_declaration(name: str, bases: tuple[type, ...], attrs: dict[str, Any]
     missing = [method for method in ("build_items", "each_item") if not has(method)]
     if missing:
         raise ActorDeclarationError(f"{name} does not define {' and '.join(missing)}. For example:{_EXAMPLE}")
-    build_items = attrs.get("build_items") or next(base.build_items for base in bases if has("build_items"))
+    # getattr: to the type checker a base is any type, which has no build_items.
+    build_items = attrs.get("build_items") or next(
+        getattr(base, "build_items")  # noqa: B009
+        for base in bases
+        if _defines(base, "build_items")
+    )
     parameter = inspect.signature(build_items).parameters.get("cursor")
     if parameter is None or parameter.kind not in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD):
         raise ActorDeclarationError(
@@ -110,6 +115,11 @@ class CheckpointedActor(GenericActor, metaclass=_CheckpointedActorType):
 
     class Meta:
         abstract = True
+
+    if TYPE_CHECKING:
+        # Optional (one job per key): declared for the type checker only, as a subclass's own method
+        # is what makes the actor take it (``_CheckpointedActorType``).
+        def checkpoint_key(self, *args: Any, **kwargs: Any) -> str: ...
 
     def build_items(self, *args: Any, cursor: Any, **kwargs: Any) -> Iterable[tuple[Any, Any]]:
         """``(cursor, item)`` for each item after ``cursor`` (None: from the start)."""

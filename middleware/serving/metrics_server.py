@@ -71,7 +71,9 @@ class MetricsServer:
         family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         server_class = type("_Server", (_ThreadingWSGIServer,), {"address_family": family})
         try:
-            self._server = make_server(bind, port, _guarded(make_wsgi_app(registry)), server_class, _QuietHandler)
+            self._server: _ThreadingWSGIServer = make_server(
+                bind, port, _guarded(make_wsgi_app(registry)), server_class, _QuietHandler
+            )
         except OSError as error:
             raise _port_error(bind, port, error) from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-server", daemon=True)

@@ -13,9 +13,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
+    ColumnClause,
     ColumnElement,
     Connection,
     Engine,
@@ -146,7 +147,7 @@ def delete_in_batches(
     if database.engine.dialect.name != "sqlite":
         with database.transaction() as connection:
             return connection.execute(delete(table).where(*conditions)).rowcount
-    rowid = literal_column("rowid")  # SQLite's own row key: the quickest way back to a row
+    rowid: ColumnClause[int] = literal_column("rowid")  # SQLite's own row key: the quickest way back to a row
     deleted = 0
     while True:
         with database.transaction() as connection:
@@ -157,6 +158,10 @@ def delete_in_batches(
             return deleted
 
 
+@overload
+def as_utc(moment: datetime) -> datetime: ...
+@overload
+def as_utc(moment: None) -> None: ...
 def as_utc(moment: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; every datetime this project writes is UTC."""
     if moment is not None and moment.tzinfo is None:

@@ -44,7 +44,7 @@ class DatabaseOutages:
         self.wait_s = wait_s
         self.max_hand_backs = max_hand_backs
 
-    def interrupts(self, message: dramatiq.Message, exception: BaseException) -> bool:
+    def interrupts(self, message: dramatiq.Message | dramatiq.MessageProxy, exception: BaseException) -> bool:
         """True when ``exception`` comes from a database that is down; counts the hand-back."""
         if not _is_connection_error(exception) or self.reachable():
             return False

@@ -49,7 +49,7 @@ class Write:
     """One caller's write: ``kind`` selects the statement, ``params`` are its values."""
 
     kind: str
-    params: dict[str, Any]
+    params: tuple[Any, ...]
     result: Any = None
     error: BaseException | None = None
     done: bool = field(default=False, repr=False)

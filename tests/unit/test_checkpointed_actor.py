@@ -106,3 +106,24 @@ def test_a_class_that_cannot_work_is_refused_when_declared(
     with pytest.raises(ActorDeclarationError, match=message):
         type("broken", (CheckpointedActor,), {"Meta": meta, **methods})
     assert "broken" not in stub_broker.actors
+
+
+def test_build_items_inherited_through_a_mixin_is_the_one_checked(stub_broker: StubBroker) -> None:
+    class Logged:
+        """A plain mixin first in the bases, which defines neither method."""
+
+    class Pages(CheckpointedActor):
+        class Meta:
+            abstract = True
+
+        def build_items(self, *, cursor: int | None) -> Any:
+            return iter(())
+
+        def each_item(self, item: Any) -> None:
+            pass
+
+    class mixed(Logged, Pages):
+        class Meta:
+            broker = stub_broker
+
+    assert mixed.options["checkpointed"], "declared: the real build_items, with its cursor, was found and checked"
