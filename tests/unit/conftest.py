@@ -8,17 +8,13 @@ from pathlib import Path
 import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import CurrentMessage, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import TimeLimit
 from sqlalchemy import Column, Integer, MetaData, String, Table, UniqueConstraint
 
-from middleware.checkpoints import Checkpoints
-from middleware.dead_letters import DeadLetters
-from middleware.idempotency import Idempotency
-from middleware.job_logs import JobLogs
-from middleware.job_status import JobStatus
+from actors.broker import build_middleware
+from actors.settings import Settings
 from middleware.retries import Retries
-from middleware.routing import DurationRouting
-from middleware.storage.database import Database, metadata
+from middleware.storage.database import Database
 
 test_metadata = MetaData()
 outputs = Table(
@@ -31,30 +27,34 @@ outputs = Table(
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'unit.sqlite3'}")
-    metadata.create_all(database.engine)
+def database(sqlite_url: str) -> Iterator[Database]:
+    """A migrated SQLite database of the test's own (the stack's boot check wants the current schema)."""
+    database = Database(sqlite_url)
     test_metadata.create_all(database.engine)
     yield database
     database.dispose()
 
 
+#: The stack's middleware whose timings are tuned for fast tests, rebuilt with the same collaborators:
+#: time limits checked every 100 ms, retries after 10-50 ms.
+_FAST = {
+    TimeLimit: lambda middleware: TimeLimit(interval=100),
+    Retries: lambda middleware: Retries(
+        min_backoff=10, max_backoff=50, requeue_delay_ms=10, database_outages=middleware.database_outages
+    ),
+}
+
+
 @pytest.fixture
-def stub_broker(database: Database) -> Iterator[StubBroker]:
-    broker = StubBroker(
-        middleware=[
-            TimeLimit(interval=100),
-            ShutdownNotifications(),
-            CurrentMessage(),
-            JobLogs(),
-            DeadLetters(database=database),
-            Idempotency(database=database),
-            JobStatus(database=database, max_deliveries=3),
-            Retries(min_backoff=10, max_backoff=50, requeue_delay_ms=10),
-            Checkpoints(database=database),
-            DurationRouting(large_threshold_ms=60_000, regular_time_limit_ms=5_000, large_time_limit_ms=50_000),
-        ]
-    )
+def stub_broker(database: Database, tmp_path: Path) -> Iterator[StubBroker]:
+    """The production stack, as ``build_middleware`` builds it (its order is what the tests rely on),
+    with only the timings of ``_FAST`` shortened."""
+    settings = Settings(
+        broker_url=None, database_url=database.url, state_dir=tmp_path, max_deliveries=3,
+        large_threshold_ms=60_000, regular_time_limit_ms=5_000, large_time_limit_ms=50_000,
+    )  # fmt: skip
+    stack = build_middleware(settings, database, redis=False)
+    broker = StubBroker(middleware=[_FAST.get(type(middleware), lambda same: same)(middleware) for middleware in stack])
     # Without process_boot the TimeLimit middleware never enforces limits (see the field notes).
     broker.emit_after("process_boot")
     yield broker

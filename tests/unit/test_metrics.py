@@ -19,14 +19,14 @@ from sqlalchemy import select
 from middleware.checkpoints import current_checkpoint, job_checkpoints
 from middleware.metrics import ENQUEUED_AT_OPTION, Metrics, initialize_counters
 from middleware.policies.error_classification import FatalError
-from middleware.retries import Retries
 from middleware.routing import RoutedActor
 from middleware.storage.database import Database
 
 
 @pytest.fixture
 def broker(stub_broker: StubBroker) -> StubBroker:
-    stub_broker.add_middleware(Metrics(), before=Retries)  # where actors/broker.py puts it
+    """The stack's own broker: Metrics is in it, before Retries, where actors/broker.py puts it."""
+    assert any(isinstance(middleware, Metrics) for middleware in stub_broker.middleware)
     return stub_broker
 
 

@@ -86,3 +86,11 @@ def test_the_real_stack_lists_every_reader_of_retries_decision_before_retries(tm
     assert [reader.__name__ for reader in readers if position[reader] > position[Retries]] == []
     assert position[Idempotency] < position[JobStatus], "Idempotency reads the status as it was before this delivery"
     database.dispose()
+
+
+def test_the_unit_tiers_broker_is_the_real_stack_in_its_order(stub_broker: StubBroker, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'other.sqlite3'}"
+    database = Database(url)
+    real = build_middleware(Settings(broker_url=None, database_url=url, state_dir=tmp_path), database, redis=False)
+    assert [type(middleware) for middleware in stub_broker.middleware] == [type(middleware) for middleware in real]
+    database.dispose()
