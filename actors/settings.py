@@ -61,27 +61,71 @@ def _read_engine_name(env: _Environment, name: str, default: str) -> str:
 
 
 def _read_tokens(env: _Environment, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    return _admin_tokens(env, name)
+    tokens = tuple(token.strip() for token in env.text(name, "").split(",") if token.strip())
+    for position, token in enumerate(tokens, start=1):
+        # Printable ASCII without spaces: a token travels in an HTTP header and is compared as bytes.
+        if len(token) < ADMIN_TOKEN_MIN_LENGTH or not (token.isascii() and token.isprintable()) or " " in token:
+            raise SettingsError(
+                f"{name}: token {position} is not a usable bearer token; use at least "
+                f"{ADMIN_TOKEN_MIN_LENGTH} printable ASCII characters without spaces, "
+                "e.g. from python -c 'import secrets; print(secrets.token_urlsafe())'."
+            )
+    return tokens
 
 
 def _read_sensitive_fields(env: _Environment, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    return _sensitive_fields(env)
+    raw = env.environ.get(name)
+    if raw is None:
+        return default
+    keys = tuple(dict.fromkeys(key.strip().lower() for key in raw.split(",") if key.strip()))
+    if not keys:
+        raise SettingsError(f"{name} is empty; list the keys to redact (default {','.join(default)}).")
+    return keys
+
+
+_SCHEDULE_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
 def _read_schedule_module(env: _Environment, name: str, default: str) -> str:
-    return _schedule_module(env.text(name, default))
-
-
-def _read_bind_address(env: _Environment, name: str, default: str) -> str:
-    return _bind_address(env, name)
+    value = env.text(name, default)
+    if not _SCHEDULE_MODULE.match(value):
+        raise SettingsError(
+            f"SCHEDULE_MODULE={value!r} is not a module path; write it like scheduler.schedule or "
+            "myapp.schedules:NIGHTLY (module, then optionally the name of its list of entries)."
+        )
+    return value
 
 
 def _read_optional_path(env: _Environment, name: str, default: None) -> Path | None:
-    return _optional_path(env.text(name, ""))
+    value = env.text(name, "")
+    return Path(value).expanduser().resolve() if value else None
+
+
+def _read_bind_address(env: _Environment, name: str, default: str) -> str:
+    value = env.text(name, default) or default
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise SettingsError(
+            f"{name}={value!r} is not an IP address; use 127.0.0.1 (this host only) or 0.0.0.0 (every interface)."
+        ) from None
+    return value
 
 
 def _read_sentry_dsn(env: _Environment, name: str, default: None) -> str | None:
-    return _sentry_dsn(env.text(name, "") or None)
+    value = env.text(name, "")
+    if not value:
+        return None
+    from sentry_sdk.utils import BadDsn, Dsn
+
+    try:
+        Dsn(value)
+    except BadDsn as error:
+        raise SettingsError(
+            f"SENTRY_DSN is not a Sentry DSN ({error}); copy it from the project's Client Keys, like "
+            "https://PUBLIC_KEY@o0.ingest.sentry.io/PROJECT_ID, or unset it."
+        ) from None
+    return value
 
 
 class SettingsError(ValueError):
@@ -275,31 +319,6 @@ class _Environment:
         return value
 
 
-def _admin_tokens(env: _Environment, name: str) -> tuple[str, ...]:
-    tokens = tuple(token.strip() for token in env.text(name, "").split(",") if token.strip())
-    for position, token in enumerate(tokens, start=1):
-        # Printable ASCII without spaces: a token travels in an HTTP header and is compared as bytes.
-        if len(token) < ADMIN_TOKEN_MIN_LENGTH or not (token.isascii() and token.isprintable()) or " " in token:
-            raise SettingsError(
-                f"{name}: token {position} is not a usable bearer token; use at least "
-                f"{ADMIN_TOKEN_MIN_LENGTH} printable ASCII characters without spaces, "
-                "e.g. from python -c 'import secrets; print(secrets.token_urlsafe())'."
-            )
-    return tokens
-
-
-def _sensitive_fields(env: _Environment) -> tuple[str, ...]:
-    raw = env.environ.get("SENSITIVE_FIELDS")
-    if raw is None:
-        return DEFAULT_SENSITIVE_FIELDS
-    fields = tuple(dict.fromkeys(field.strip().lower() for field in raw.split(",") if field.strip()))
-    if not fields:
-        raise SettingsError(
-            f"SENSITIVE_FIELDS is empty; list the keys to redact (default {','.join(DEFAULT_SENSITIVE_FIELDS)})."
-        )
-    return fields
-
-
 def _check_worker_health_windows(settings: Settings) -> None:
     if settings.worker_stale_after_ms <= settings.worker_heartbeat_interval_ms:
         raise SettingsError(
@@ -312,48 +331,6 @@ def _check_worker_health_windows(settings: Settings) -> None:
             f"WORKER_FORGET_AFTER_MS ({settings.worker_forget_after_ms}) is shorter than WORKER_STALE_AFTER_MS "
             f"({settings.worker_stale_after_ms}); a dead worker must be reported stale before it is forgotten."
         )
-
-
-_SCHEDULE_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$")
-
-
-def _schedule_module(value: str) -> str:
-    if not _SCHEDULE_MODULE.match(value):
-        raise SettingsError(
-            f"SCHEDULE_MODULE={value!r} is not a module path; write it like scheduler.schedule or "
-            "myapp.schedules:NIGHTLY (module, then optionally the name of its list of entries)."
-        )
-    return value
-
-
-def _optional_path(value: str) -> Path | None:
-    return Path(value).expanduser().resolve() if value else None
-
-
-def _bind_address(env: _Environment, name: str) -> str:
-    value = env.text(name, "127.0.0.1") or "127.0.0.1"
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise SettingsError(
-            f"{name}={value!r} is not an IP address; use 127.0.0.1 (this host only) or 0.0.0.0 (every interface)."
-        ) from None
-    return value
-
-
-def _sentry_dsn(value: str | None) -> str | None:
-    if value is None:
-        return None
-    from sentry_sdk.utils import BadDsn, Dsn
-
-    try:
-        Dsn(value)
-    except BadDsn as error:
-        raise SettingsError(
-            f"SENTRY_DSN is not a Sentry DSN ({error}); copy it from the project's Client Keys, like "
-            "https://PUBLIC_KEY@o0.ingest.sentry.io/PROJECT_ID, or unset it."
-        ) from None
-    return value
 
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "amqp://", "amqps://")
@@ -443,8 +420,6 @@ def _shown_default(each: Field) -> str:
         return f"`{str(default).lower()}`"
     if isinstance(default, tuple):
         return f"`{','.join(default)}`"
-    if isinstance(default, int):
-        return f"`{default}`"
     return f"`{default}`"
 
 
