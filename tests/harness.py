@@ -63,20 +63,16 @@ _SYSTEM_SETTINGS = set(variable_names())
 
 def run_python(env: Mapping[str, str], code: str, *, timeout_s: float = 60) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter, as an app process would."""
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        env=process_env(env),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
+    return _run_interpreter(env, ["-c", code], timeout_s=timeout_s)
 
 
 def run_ops(env: Mapping[str, str], *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    return _run_interpreter(env, ["-m", "ops", *args], timeout_s=timeout_s)
+
+
+def _run_interpreter(env: Mapping[str, str], arguments: list[str], *, timeout_s: float) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ops", *args],
+        [sys.executable, *arguments],
         env=process_env(env),
         cwd=ROOT,
         capture_output=True,

@@ -191,14 +191,7 @@ def _claim_hand_back(database: Database, row: dict[str, Any]) -> bool:
         claimed = connection.execute(_unchanged(row).values(updated_at=datetime.now(UTC))).rowcount == 1
     if claimed:
         reason = "stalled: no queue held its message; it resumes from its checkpoint"
-        emit_event(
-            "job.handed_back",
-            level=logging.WARNING,
-            message_id=row["message_id"],
-            actor=row["actor_name"],
-            queue=row["queue_name"],
-            reason=reason,
-        )
+        emit_event("job.handed_back", level=logging.WARNING, **_job_fields(row), reason=reason)
     return claimed
 
 
@@ -213,15 +206,13 @@ def _mark_lost(database: Database, row: dict[str, Any]) -> bool:
             == 1
         )
     if marked:
-        emit_event(
-            "job.lost",
-            level=logging.ERROR,
-            message_id=row["message_id"],
-            actor=row["actor_name"],
-            queue=row["queue_name"],
-            error=error,
-        )
+        emit_event("job.lost", level=logging.ERROR, **_job_fields(row), error=error)
     return marked
+
+
+def _job_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The fields every job event opens with, from a job_status row."""
+    return {"message_id": row["message_id"], "actor": row["actor_name"], "queue": row["queue_name"]}
 
 
 def _unchanged(row: dict[str, Any]):
