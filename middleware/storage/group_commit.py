@@ -169,24 +169,23 @@ class GroupCommit:
         try:
             try:
                 self.commit(batch)
-                settled = batch
             except Exception as error:
                 if len(batch) == 1:
                     batch[0].error = error
-                    settled = batch
-                    return True
-                logger.info(
-                    "A batch of %d writes failed (%s: %s); trying each in a transaction of its own.",
-                    len(batch),
-                    type(error).__name__,
-                    error,
-                )
-                for write in batch:
-                    try:
-                        self.commit([write])
-                    except Exception as own_error:
-                        write.error = own_error
-                    settled.append(write)
+                else:
+                    logger.info(
+                        "A batch of %d writes failed (%s: %s); trying each in a transaction of its own.",
+                        len(batch),
+                        type(error).__name__,
+                        error,
+                    )
+                    for write in batch:
+                        try:
+                            self.commit([write])
+                        except Exception as own_error:
+                            write.error = own_error
+                        settled.append(write)
+            settled = batch
         finally:
             with self._lock:
                 for write in settled:

@@ -176,3 +176,18 @@ def test_a_forked_child_commits_its_own_writes_although_the_parent_was_mid_flush
     first.join(timeout=10)
     assert process.exitcode == 0, "the child's write was committed (a held lock would have hung it)"
     assert outcomes == {1: 2}
+
+
+def test_what_follows_a_write_runs_when_the_write_fails_alone_too() -> None:
+    """An ack waits on its status write: a failed write is still followed (logged and acked), never dropped."""
+    recorder = Recorder()
+    recorder.hold_first.set()
+    group = GroupCommit(commit=recorder.commit)
+    followed: list[list[str]] = []
+    refused = Write("double", {"value": 13})
+    group.submit(refused)
+    group.then(refused, followed.append, "ack 13")
+    with pytest.raises(ValueError, match="13 is refused"):
+        group.wait([refused])
+    wait_until(lambda: followed, timeout_s=10, what="the action after the failed write")
+    assert followed == [["ack 13"]]
