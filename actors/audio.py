@@ -27,7 +27,7 @@ from typing import BinaryIO
 import numpy as np
 import soxr
 
-from middleware.policies.error_classification import FatalError
+from middleware.errors import FatalError
 
 __all__ = ["AudioUnreadable", "Recording", "open_recording", "resolve_audio_path", "wav_duration_ms"]
 

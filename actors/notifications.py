@@ -24,7 +24,8 @@ import dramatiq
 import httpx
 from dramatiq.middleware import CurrentMessage
 
-from middleware.policies.error_classification import RETRYABLE_HTTP_STATUSES, FatalError
+from middleware.errors import FatalError
+from middleware.policies.error_classification import RETRYABLE_HTTP_STATUSES
 from middleware.policies.retry_policies import RetryPolicy
 
 logger = logging.getLogger(__name__)

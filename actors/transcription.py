@@ -25,7 +25,7 @@ from actors.notifications import notify_transcript_ready
 from actors.system import current_system
 from actors.tables import transcript_segments
 from middleware.checkpoints import current_checkpoint
-from middleware.idempotency import DuplicateJob
+from middleware.errors import DuplicateJob
 from middleware.metrics import count_transcribed_segment
 from middleware.routing import RoutedActor
 

@@ -44,7 +44,7 @@ from dramatiq import ActorNotFound, Retry
 from dramatiq.middleware import Middleware, Shutdown, TimeLimitExceeded
 
 from middleware.brokers.reliable_enqueue import enqueue_until_accepted
-from middleware.checkpoints import CheckpointBusy, CheckpointSuperseded, HandBack
+from middleware.errors import CheckpointBusy, CheckpointSuperseded, HandBack
 from middleware.job_logs import log_event
 from middleware.policies.error_classification import Classification, ErrorKind, classify_error
 from middleware.policies.failure_decision import FailureDecision, current_failure, delivery_superseded

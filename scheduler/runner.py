@@ -40,7 +40,8 @@ from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from actors.system import System
-from middleware.idempotency import DuplicateJob, Idempotency, release_key
+from middleware.errors import DuplicateJob
+from middleware.idempotency import Idempotency, release_key
 from middleware.job_logs import emit_event
 from middleware.job_status import QUEUED, get_job
 from middleware.storage.schedule_state import (

@@ -9,8 +9,8 @@ import dramatiq
 
 import actors  # noqa: F401  (configures the broker before these actors are declared)
 from actors.system import current_system
+from middleware.errors import FatalError
 from middleware.job_status import report_progress
-from middleware.policies.error_classification import FatalError
 
 QUEUE = "health"
 

@@ -13,7 +13,7 @@ import dramatiq
 
 import actors  # noqa: F401  (configures the broker before these actors are declared)
 from middleware.checkpoints import current_checkpoint
-from middleware.policies.error_classification import FatalError
+from middleware.errors import FatalError
 
 QUEUE = "observed"
 #: A worker started with only this queue runs the jobs a test kills it in the middle of.

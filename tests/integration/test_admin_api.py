@@ -29,9 +29,9 @@ from hypothesis.errors import Unsatisfiable
 from actors.settings import Settings
 from actors.system import System
 from middleware.dead_letters import DeadLetters
+from middleware.errors import FatalError
 from middleware.job_status import JobStatus, get_job
 from middleware.operations.dead_letter_store import Filters, count_dead_letters, get_dead_letter, list_dead_letters
-from middleware.policies.error_classification import FatalError
 from middleware.policies.redaction import REDACTED
 from middleware.retries import Retries
 from middleware.storage.database import Database

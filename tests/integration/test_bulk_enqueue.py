@@ -11,7 +11,8 @@ from dramatiq import Worker
 from dramatiq.middleware import Middleware
 
 from actors.redis_broker import RedisBroker
-from middleware.idempotency import DuplicateJob, Idempotency
+from middleware.errors import DuplicateJob
+from middleware.idempotency import Idempotency
 from middleware.job_status import JobStatus, count_jobs, get_job
 from middleware.operations.bulk_enqueue import Call, send_many
 from middleware.storage.database import Database

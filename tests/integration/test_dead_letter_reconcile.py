@@ -17,8 +17,8 @@ from dramatiq.middleware import CurrentMessage
 from sqlalchemy import event
 
 from middleware.dead_letters import FATAL, DeadLetters, insert_dead_letter, message_payload
+from middleware.errors import FatalError
 from middleware.operations.dead_letter_store import RECONCILE_PAGE, count_dead_letters, list_dead_letters, reconcile
-from middleware.policies.error_classification import FatalError
 from middleware.retries import Retries
 from middleware.storage.database import Database, metadata
 from tests import harness

@@ -18,7 +18,8 @@ from redis.retry import Retry
 from sqlalchemy import select
 
 from actors.redis_broker import RedisBroker
-from middleware.idempotency import DuplicateJob, Idempotency, idempotency_keys
+from middleware.errors import DuplicateJob
+from middleware.idempotency import Idempotency, idempotency_keys
 from middleware.job_status import JobStatus
 from middleware.operations.bulk_enqueue import Call, send_many
 from middleware.storage.database import Database

@@ -36,7 +36,7 @@ SEND = """
 import os, signal
 import dramatiq
 from dramatiq.middleware import Middleware
-from middleware.idempotency import DuplicateJob
+from middleware.errors import DuplicateJob
 from tests.observed_actors import succeeds
 
 class DieInside(Middleware):

@@ -18,12 +18,11 @@ import middleware.checkpoints as checkpoints_module
 from middleware.checkpoints import (
     Checkpoint,
     CheckpointAlreadyCompleted,
-    CheckpointBusy,
     Checkpoints,
-    CheckpointSuperseded,
     current_checkpoint,
     job_checkpoints,
 )
+from middleware.errors import CheckpointBusy, CheckpointSuperseded
 from middleware.job_logs import EVENTS_LOGGER
 from middleware.job_status import COMPLETED, get_job
 from middleware.operations.dead_letter_store import list_dead_letters

@@ -10,6 +10,7 @@ from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
 from middleware.dead_letters import insert_dead_letter
+from middleware.errors import FatalError
 from middleware.operations.dead_letter_store import (
     DeadLetterNotFound,
     Filters,
@@ -23,7 +24,6 @@ from middleware.operations.dead_letter_store import (
     resolve,
     stats,
 )
-from middleware.policies.error_classification import FatalError
 from middleware.storage.database import Database
 from tests.harness import wait_until
 

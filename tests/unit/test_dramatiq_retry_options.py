@@ -14,7 +14,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from actors.broker import build_middleware
 from actors.settings import Settings
-from middleware.policies.error_classification import FatalError
+from middleware.errors import FatalError
 from middleware.retries import Retries
 from middleware.storage.database import Database
 

@@ -11,7 +11,8 @@ import pytest
 import requests
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
-from middleware.policies.error_classification import ErrorKind, FatalError, classify_error, http_status_of
+from middleware.errors import FatalError
+from middleware.policies.error_classification import ErrorKind, classify_error, http_status_of
 
 FATAL, RETRYABLE = ErrorKind.FATAL, ErrorKind.RETRYABLE
 

@@ -7,7 +7,7 @@ import httpx
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from middleware.policies.error_classification import FatalError
+from middleware.errors import FatalError
 
 
 def http_error(status: int) -> httpx.HTTPStatusError:

@@ -10,7 +10,8 @@ from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import insert, update
 
-from middleware.idempotency import DuplicateJob, idempotency_keys
+from middleware.errors import DuplicateJob
+from middleware.idempotency import idempotency_keys
 from middleware.job_status import get_job
 from middleware.storage.database import Database
 

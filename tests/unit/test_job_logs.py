@@ -14,8 +14,8 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import insert
 
 from middleware.checkpoints import current_checkpoint
+from middleware.errors import FatalError
 from middleware.job_logs import EVENTS_LOGGER, JsonEventFormatter
-from middleware.policies.error_classification import FatalError
 from tests.unit.conftest import outputs
 
 COMMON = {"event", "message_id", "actor", "queue", "timestamp"}

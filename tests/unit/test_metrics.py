@@ -17,8 +17,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from middleware.checkpoints import current_checkpoint, job_checkpoints
+from middleware.errors import FatalError
 from middleware.metrics import ENQUEUED_AT_OPTION, Metrics, initialize_counters
-from middleware.policies.error_classification import FatalError
 from middleware.routing import RoutedActor
 from middleware.storage.database import Database
 

@@ -12,7 +12,8 @@ import pytest
 from dramatiq.middleware import CurrentMessage
 
 from actors.notifications import WEBHOOKS, idempotency_key_for, notify_transcript_ready, send_webhook
-from middleware.policies.error_classification import ErrorKind, FatalError, classify_error
+from middleware.errors import FatalError
+from middleware.policies.error_classification import ErrorKind, classify_error
 from tests.http_sink import HttpSink, refused_url
 
 PAYLOAD = {"event": "transcript.ready", "meeting_id": "meeting-42"}

@@ -18,8 +18,8 @@ from dramatiq.middleware import CurrentMessage, Shutdown
 from sqlalchemy import insert
 
 from middleware import worker_health
+from middleware.errors import FatalError
 from middleware.job_status import JobStatus, report_progress
-from middleware.policies.error_classification import FatalError
 from middleware.retries import Retries
 from middleware.storage.database import Database
 from middleware.worker_health import WorkerHealth, list_worker_heartbeats, worker_heartbeats
