@@ -95,8 +95,15 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
         # keeper marks the messages it hands back, so the other deliveries need not wait for their start.
         JobStatus(database=database, max_deliveries=settings.max_deliveries, start_write_behind=redis),
         # Fatal errors fail at once; others retry by the actor's policy; interruptions (a deploy, a
-        # database outage) cost nothing.
-        Retries(max_retries=5, min_backoff=2_000, max_backoff=300_000, database_outages=DatabaseOutages(database)),
+        # database outage) cost nothing, but a job interrupted again and again without saving a
+        # checkpoint is dead-lettered. A routed job stopped by the regular queue's limit moves to the large queue.
+        Retries(
+            max_retries=5,
+            min_backoff=2_000,
+            max_backoff=300_000,
+            max_hand_backs_without_progress=settings.max_hand_backs_without_progress,
+            database_outages=DatabaseOutages(database),
+        ),
         # Gives checkpointed actors their saved position and completes it when they succeed. On
         # RabbitMQ a long job hands its message back before the consumer_timeout would redeliver it.
         # It also warns at boot of any actor that is not checkpointed and may outlive that timeout.

@@ -64,6 +64,7 @@ from middleware.dead_letters import message_payload
 from middleware.errors import ActorDeclarationError, CheckpointBusy, CheckpointSuperseded, HandBack
 from middleware.job_logs import log_event
 from middleware.job_status import PROGRESS_UPSERT, progress_values
+from middleware.policies.failure_decision import DeliveryProgress, delivery_progress
 from middleware.routing import longest_time_limit_ms
 from middleware.storage.database import Database
 from middleware.storage.tables import job_checkpoints
@@ -119,6 +120,9 @@ class Checkpoint:
         self._loaded = False
         self._position: Any = None
         self.resumed = False
+        #: Checkpoints this delivery committed, and the position it started from.
+        self.saves = 0
+        self.started_at_position: Any = None
         self._payload = message_payload(message)
 
     @property
@@ -158,10 +162,17 @@ class Checkpoint:
                 connection.execute(PROGRESS_UPSERT, progress_values(self.message, progress, now))
             yield connection
         self._position = position
+        self.saves += 1
         log_event("checkpoint.saved", self.message, position=position)
         if self.hand_back_at is not None and time.monotonic() >= self.hand_back_at:
             log_event("checkpoint.handed_back", self.message, position=position)
             raise HandBack(f"message {self.message_id} was held too long for its broker; handed back at {position!r}")
+
+    def progress(self) -> DeliveryProgress:
+        """What this delivery achieved: it advanced if it saved a position other than the one it started at."""
+        return DeliveryProgress(
+            advanced=self.saves > 0 and self._position != self.started_at_position, position=self._position
+        )
 
     def load(self) -> None:
         """Claim the checkpoint's lease and read its position.
@@ -199,7 +210,7 @@ class Checkpoint:
                     .where(job_checkpoints.c.key == self.key)
                     .values(resumes=job_checkpoints.c.resumes + 1, resumed_from=claimed.position)
                 )
-                self._position = claimed.position
+                self._position = self.started_at_position = claimed.position
                 self.resumed = True
         self.lease_token = token
         self._loaded = True
@@ -410,6 +421,9 @@ class Checkpoints(Middleware):
         checkpoint = _current.get()
         _current.set(None)
         if checkpoint is not None:
+            # For Retries, whose after-hook runs next: an interrupted job that saved nothing is stalling.
+            loaded = checkpoint.lease_token is not None
+            delivery_progress.set(checkpoint.progress() if loaded else None)
             _finish(checkpoint, completed=exception is None)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:

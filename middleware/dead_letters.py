@@ -35,7 +35,10 @@ from middleware.storage.tables import dead_letters
 logger = logging.getLogger("middleware.dead_letters.DeadLetters")
 
 FATAL, RETRYABLE, POISON = "fatal", "retryable", "poison"
-KINDS = (FATAL, RETRYABLE, POISON)
+#: A job that cannot fit one step in its longest time limit, or that never saves a checkpoint
+#: between interruptions (``middleware.retries``).
+TIME_LIMIT, NO_PROGRESS = "time_limit", "no_progress"
+KINDS = (FATAL, RETRYABLE, POISON, TIME_LIMIT, NO_PROGRESS)
 
 
 def insert_dead_letter(connection: Connection, row: dict[str, Any]) -> int | None:
@@ -51,6 +54,8 @@ def kind_of(exception: BaseException | None) -> str:
     if isinstance(exception, ActorNotFound):
         return FATAL
     decision = current_failure.get()
+    if decision is not None and decision.kind is not None:
+        return decision.kind
     return FATAL if decision is not None and decision.fatal else RETRYABLE
 
 

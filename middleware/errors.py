@@ -10,6 +10,8 @@
   propagate; the middleware hands the message back at no cost in attempts.
 - :class:`CheckpointBusy`: another message's delivery holds the work's checkpoint; raised by the
   middleware before the actor runs, never into an actor.
+- :class:`NoProgress`: what a job is dead-lettered with when it was interrupted too many times in
+  a row without saving a checkpoint; never raised into an actor.
 
 The lowest layer of ``middleware``: it imports nothing else of it.
 """
@@ -62,3 +64,8 @@ class CheckpointBusy(MiddlewareError, Retry):
 class ActorDeclarationError(MiddlewareError, ValueError):
     """An actor was declared without what its options need: raised when it is declared, with a
     message that says what to add (as Dramatiq refuses an unknown option)."""
+
+
+class NoProgress(Exception):
+    """A job interrupted ``MAX_HAND_BACKS_WITHOUT_PROGRESS`` times in a row (deploys, hand-backs)
+    without saving a checkpoint: it is dead-lettered with this error instead of looping."""

@@ -146,6 +146,12 @@ routing_decisions_total = Counter(
     "Messages routed by expected duration, counted where the message is built.",
     ("actor_name", "queue_name", "route"),
 )
+escalations_total = Counter(
+    "jobs_escalations_total",
+    "Routed jobs stopped by the regular queue's time limit and moved to the large queue (labelled "
+    "with the regular queue).",
+    MESSAGE_LABELS,
+)
 transcribed_segments_total = Counter(
     "jobs_transcribed_segments_total", "Transcript segments transcribed and stored.", ("queue_name",)
 )
@@ -162,6 +168,7 @@ _delivery_started: ContextVar[float | None] = ContextVar("metrics_delivery_start
 _EVENT_COUNTERS: Mapping[str, Counter] = {
     "checkpoint.saved": checkpoints_saved_total,
     "checkpoint.resumed": checkpoint_resumes_total,
+    "job.escalated": escalations_total,
 }
 
 
@@ -349,6 +356,8 @@ def initialize_counters(broker: dramatiq.Broker) -> None:
                 interruptions_total.labels(*labels, reason)
             queue_wait_seconds.labels(*labels)
             job_duration_seconds.labels(*labels, "completed")  # what the duration quantiles are taken of
+            if len(queues) > 1:
+                escalations_total.labels(*labels)
             if actor.options.get("checkpointed"):
                 checkpoints_saved_total.labels(*labels)
                 checkpoint_resumes_total.labels(*labels)

@@ -12,17 +12,28 @@
    then waits for the database before it takes another message.
    ``Shutdown`` is handed back for an actor that is not checkpointed too, even one with
    ``max_retries=0``: the job was stopped by a deploy, not by a failure of its own.
-2. A fatal error (``middleware.policies.error_classification``; the actor options ``fatal_errors`` and
+   A routed job stopped by the regular queue's time limit is escalated instead: it continues on
+   the large queue, under the large time limit (``middleware.routing.escalated``; the event
+   ``job.escalated``).
+2. No interruption loops forever. A job interrupted ``max_hand_backs_without_progress`` times in
+   a row without saving a checkpoint (a checkpointed job's saves are its progress; a job that is
+   not checkpointed saves none) is dead-lettered, not handed back again: with kind ``time_limit``
+   when its time limit stopped it (it cannot fit one step in its longest limit), ``no_progress``
+   otherwise (deploys, for example). The count, the ``hand_backs_without_progress`` option, starts
+   again at every save. The other interruptions have their own bounds: a busy checkpoint waits for
+   a holder that saves (or loses its lease after ``lease_ms``), database outages are capped at 50,
+   and a job that kills its worker is capped by the poison count (``max_deliveries``).
+3. A fatal error (``middleware.policies.error_classification``; the actor options ``fatal_errors`` and
    ``retryable_errors`` add types; ``throws`` counts as fatal) fails the message at once, whatever
    its retry budget. A classified fatal error is logged here at WARNING, and the worker logs it as
    an error with its traceback, so error reporting sees it. An error in the actor's ``throws`` is
    one the actor declared as expected: as in Dramatiq, it is logged at INFO (here and by the worker).
-3. Anything else is retried by the actor's :class:`RetryPolicy` (``retry_policy``), or by one
+4. Anything else is retried by the actor's :class:`RetryPolicy` (``retry_policy``), or by one
    made from Dramatiq's own options (``max_retries``, ``min_backoff``, ``max_backoff``; the delay
    never exceeds ``max_backoff``, even below ``min_backoff``); ``retry_when(retries, exception)``
    still has the last word when an actor sets it. Each failure stamps ``retries``, ``traceback``
    and ``requeue_timestamp`` (milliseconds since the epoch) on the message, as Dramatiq's does.
-4. A message whose retries run out (not a fatal error, which was never to be retried) is sent, as
+5. A message whose retries run out (not a fatal error, which was never to be retried) is sent, as
    in Dramatiq, to the actor named by its ``on_retry_exhausted`` option, with the message as a dict
    and ``{"retries": ..., "max_retries": ...}``. For every final failure, fatal ones included, use
    Dramatiq's ``on_failure`` callback.
@@ -41,19 +52,30 @@ from typing import Any
 
 import dramatiq
 from dramatiq import ActorNotFound, Retry
-from dramatiq.middleware import Middleware, Shutdown, TimeLimitExceeded
+from dramatiq.middleware import Middleware, Shutdown, TimeLimit, TimeLimitExceeded
 
 from middleware.brokers.reliable_enqueue import enqueue_until_accepted
-from middleware.errors import CheckpointBusy, CheckpointSuperseded, HandBack
+from middleware.dead_letters import NO_PROGRESS, TIME_LIMIT
+from middleware.errors import CheckpointBusy, CheckpointSuperseded, HandBack, NoProgress
 from middleware.job_logs import log_event
 from middleware.policies.error_classification import Classification, ErrorKind, classify_error
-from middleware.policies.failure_decision import FailureDecision, current_failure, delivery_superseded
+from middleware.policies.failure_decision import (
+    FailureDecision,
+    current_failure,
+    delivery_progress,
+    delivery_superseded,
+)
 from middleware.policies.retry_policies import RetryPolicy
+from middleware.routing import escalated
 from middleware.storage.database_outages import DatabaseOutages
 
 logger = logging.getLogger("middleware.retries.Retries")
 
 REQUEUE_DELAY_MS = 100
+#: Interruptions in a row without a checkpoint saved, after which a job is dead-lettered.
+MAX_HAND_BACKS_WITHOUT_PROGRESS = 3
+#: The message option that counts them.
+STALLED_OPTION = "hand_backs_without_progress"
 #: Dramatiq's cap on any backoff: 7 days.
 MAX_BACKOFF_MS = 7 * 86_400_000
 
@@ -68,10 +90,12 @@ class Retries(Middleware):
         min_backoff: int = 15_000,
         max_backoff: int = MAX_BACKOFF_MS,
         requeue_delay_ms: int = REQUEUE_DELAY_MS,
+        max_hand_backs_without_progress: int = MAX_HAND_BACKS_WITHOUT_PROGRESS,
         database_outages: DatabaseOutages | None = None,
     ) -> None:
         self.default_policy = _policy_from_dramatiq_options(max_retries, min_backoff, max_backoff)
         self.requeue_delay_ms = requeue_delay_ms
+        self.max_hand_backs_without_progress = max_hand_backs_without_progress
         self.database_outages = database_outages
 
     @property
@@ -91,6 +115,7 @@ class Retries(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         current_failure.set(None)
         delivery_superseded.set(False)
+        delivery_progress.set(None)
 
     def after_process_message(
         self,
@@ -103,20 +128,36 @@ class Retries(Middleware):
         if exception is None:
             return
         actor = broker.get_actor(message.actor_name)
+        if isinstance(exception, TimeLimitExceeded) and (larger := escalated(broker, message)) is not None:
+            log_event(
+                "job.escalated",
+                message,
+                to_queue=larger.queue_name,
+                time_limit_ms=larger.options["time_limit"],
+                position=_last_position(),
+            )
+            enqueue_until_accepted(broker, larger, delay=self.requeue_delay_ms)
+            return
         if is_resumable_interruption(actor, exception):
-            log_event("job.interrupted", message, reason=type(exception).__name__)
             if isinstance(exception, CheckpointSuperseded) and exception.by_message_id == message.message_id:
+                log_event("job.interrupted", message, reason=type(exception).__name__)
                 delivery_superseded.set(True)
                 return
-            delay_ms = exception.delay if isinstance(exception, CheckpointBusy) else None
-            enqueue_until_accepted(broker, message, delay=delay_ms or self.requeue_delay_ms)
-            return
+            if isinstance(exception, CheckpointBusy | CheckpointSuperseded):
+                # Bounded by the holder of the checkpoint (it saves, completes, or loses its lease).
+                log_event("job.interrupted", message, reason=type(exception).__name__)
+                delay_ms = exception.delay if isinstance(exception, CheckpointBusy) else None
+                enqueue_until_accepted(broker, message, delay=delay_ms or self.requeue_delay_ms)
+                return
+            if self._hand_back_unless_stalled(broker, message, exception):
+                return
+            exception = message._exception  # the NoProgress or TimeLimitExceeded it is dead-lettered with
         if self.database_outages is not None and self.database_outages.interrupts(message, exception):
             log_event("job.interrupted", message, reason="DatabaseUnavailable")
             enqueue_until_accepted(broker, message, delay=self.requeue_delay_ms)
             self.database_outages.wait_until_reachable()
             return
-        decision = self._decide(actor, message, exception)
+        decision = current_failure.get() or self._decide(actor, message, exception)
         current_failure.set(decision)
         message.options["retries"] = decision.attempt
         message.options["traceback"] = traceback.format_exc(limit=30)
@@ -145,6 +186,42 @@ class Retries(Middleware):
             attempt=decision.attempt,
         )
         enqueue_until_accepted(broker, message, delay=decision.delay_ms)
+
+    def _hand_back_unless_stalled(
+        self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, exception: BaseException
+    ) -> bool:
+        """Hand an interrupted job back, unless it has now been interrupted too often in a row without
+        saving a checkpoint: then publish the decision that dead-letters it, and return False."""
+        progress = delivery_progress.get()
+        stalled = 0 if progress is not None and progress.advanced else message.options.get(STALLED_OPTION, 0) + 1
+        if stalled < self.max_hand_backs_without_progress:
+            message.options[STALLED_OPTION] = stalled
+            log_event("job.interrupted", message, reason=type(exception).__name__, without_progress=stalled)
+            enqueue_until_accepted(broker, message, delay=self.requeue_delay_ms)
+            return True
+        position = progress.position if progress is not None else None
+        after = "before its first checkpoint" if position is None else f"after position {position!r}"
+        if isinstance(exception, TimeLimitExceeded):
+            kind = TIME_LIMIT
+            limit_ms = _time_limit_ms(broker, message)
+            limit = f"its time limit of {limit_ms / 1000:g} s" if limit_ms else "its time limit"
+            text = (
+                f"stopped by {limit} {stalled} times in a row without saving a checkpoint, {after}: one step "
+                "does not fit the longest time limit it can run under"
+            )
+            final: BaseException = TimeLimitExceeded(text)
+        else:
+            kind = NO_PROGRESS
+            text = (
+                f"interrupted {stalled} times in a row ({type(exception).__name__} last) without saving a "
+                f"checkpoint, {after}"
+            )
+            final = NoProgress(text)
+        message.stuff_exception(final)
+        classification = Classification(ErrorKind.FATAL, text)
+        attempt = message.options.get("retries", 0) + 1
+        current_failure.set(FailureDecision(classification, attempt, attempt, will_retry=False, kind=kind))
+        return False
 
     def policy_of(self, actor: dramatiq.Actor, message: dramatiq.Message | dramatiq.MessageProxy) -> RetryPolicy:
         policy = message.options.get("retry_policy") or actor.options.get("retry_policy")
@@ -175,6 +252,21 @@ class Retries(Middleware):
             explicit = exception.delay if isinstance(exception, Retry) else None
             delay_ms = explicit if explicit is not None else policy.delay_ms(attempt)
         return FailureDecision(classification, attempt, policy.attempts, will_retry, delay_ms)
+
+
+def _time_limit_ms(broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> int | None:
+    """The limit that stopped the delivery: the message's own, its actor's, or the TimeLimit middleware's."""
+    actor = broker.get_actor(message.actor_name)
+    limit = message.options.get("time_limit") or actor.options.get("time_limit")
+    if limit:
+        return limit
+    defaults = [middleware.time_limit for middleware in broker.middleware if isinstance(middleware, TimeLimit)]
+    return defaults[0] if defaults else None
+
+
+def _last_position() -> Any:
+    progress = delivery_progress.get()
+    return progress.position if progress is not None else None
 
 
 def _in_throws(

@@ -7,6 +7,10 @@ A message cannot be re-routed once it is built (both brokers read ``message.queu
 
 The expected duration is, in order: the message option ``expected_duration_ms`` given by the
 caller, then the actor option ``estimate_duration_ms(*args, **kwargs)``.
+
+An estimate can be wrong. A routed job stopped by the regular queue's time limit is *escalated*:
+Retries moves it to the large queue, under the large time limit, without spending an attempt
+(:func:`escalated`); a checkpointed one resumes there from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import dramatiq
+from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, TimeLimit
 
 from middleware.metrics import count_routing
@@ -90,6 +95,19 @@ class RoutedActor(dramatiq.Actor):
     ) -> dramatiq.Message:
         message = super().message_with_options(args=args, kwargs=kwargs, **options)
         return _routing_of(self.broker).route(self, message)
+
+
+def escalated(broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> dramatiq.Message | None:
+    """The copy of a routed message, stopped by the regular queue's time limit, that continues on
+    the large queue under the large time limit; None when it ran on the large queue already, or
+    its actor is not routed."""
+    actor = broker.get_actor(message.actor_name)
+    if not isinstance(actor, RoutedActor) or q_name(message.queue_name) != actor.queue_name:
+        return None
+    routing = _routing_of(broker)
+    time_limit = max(message.options.get("time_limit") or 0, routing.large_time_limit_ms)
+    options = {**message.options, "time_limit": time_limit, "escalated_from": actor.queue_name}
+    return message.copy(queue_name=large_queue_name(actor.queue_name), options=options)
 
 
 def longest_time_limit_ms(broker: dramatiq.Broker, actor: dramatiq.Actor) -> float:

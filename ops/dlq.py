@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from middleware.dead_letters import KINDS
 from ops.durations import duration, moment
 from ops.output import print_json, print_record, print_table
 
@@ -76,7 +77,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actor")
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--fatal", dest="kind", action="store_const", const="fatal", help="only fatal errors")
-    kind.add_argument("--kind", choices=("fatal", "retryable", "poison"))
+    kind.add_argument("--kind", choices=KINDS)
     resolved = parser.add_mutually_exclusive_group()
     resolved.add_argument("--resolved", dest="resolved", action="store_true", default=None)
     resolved.add_argument("--unresolved", dest="resolved", action="store_false")

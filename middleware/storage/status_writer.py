@@ -41,7 +41,8 @@ _ENQUEUE_SQL = (
 _START_COLUMNS = "message_id, actor_name, queue_name, status, attempts, unfinished_deliveries, started_at, updated_at"
 _START_ROW = "(?, ?, ?, ?, 1, 1, ?, ?)"
 _START_CONFLICT = (
-    " ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, attempts = job_status.attempts + 1, "
+    " ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, queue_name = excluded.queue_name, "
+    "attempts = job_status.attempts + 1, "
     "unfinished_deliveries = job_status.unfinished_deliveries + 1, started_at = excluded.started_at, "
     "updated_at = excluded.updated_at RETURNING message_id, unfinished_deliveries"
 )
@@ -55,7 +56,7 @@ _FINISH_SQL = (
 _RUN_SQL = (
     "INSERT INTO job_status (message_id, actor_name, queue_name, status, attempts, unfinished_deliveries, "
     "started_at, finished_at, error, progress, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, "
+    "ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, queue_name = excluded.queue_name, "
     "attempts = job_status.attempts + excluded.attempts, unfinished_deliveries = 0, "
     "started_at = excluded.started_at, finished_at = COALESCE(excluded.finished_at, job_status.finished_at), "
     "error = COALESCE(excluded.error, job_status.error), progress = COALESCE(excluded.progress, job_status.progress), "

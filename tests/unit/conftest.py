@@ -40,7 +40,11 @@ def database(sqlite_url: str) -> Iterator[Database]:
 _FAST = {
     TimeLimit: lambda middleware: TimeLimit(interval=100),
     Retries: lambda middleware: Retries(
-        min_backoff=10, max_backoff=50, requeue_delay_ms=10, database_outages=middleware.database_outages
+        min_backoff=10,
+        max_backoff=50,
+        requeue_delay_ms=10,
+        max_hand_backs_without_progress=middleware.max_hand_backs_without_progress,
+        database_outages=middleware.database_outages,
     ),
 }
 
