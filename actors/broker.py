@@ -14,7 +14,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from actors import heartbeat_fork, metrics_fork
+from actors import hard_limit_fork, heartbeat_fork, metrics_fork
 from actors.embedded_redis import ensure_embedded_redis
 from actors.observability import package_version, serves_metrics
 from actors.redis_broker import RedisBroker
@@ -25,6 +25,7 @@ from middleware.brokers.hook_dispatch import DispatchesToImplementedHooks
 from middleware.checkpoints import Checkpoints
 from middleware.dead_letters import DeadLetters
 from middleware.error_reporting import ErrorReporting
+from middleware.hard_time_limits import HardTimeLimits
 from middleware.heartbeats import WorkerHeartbeats
 from middleware.idempotency import Idempotency
 from middleware.job_logs import JobLogs
@@ -68,6 +69,13 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
         AgeLimit(),
         # Enforces each message's time_limit; routing gives every routed message its queue's limit.
         TimeLimit(),
+        # A job still running HARD_LIMIT_GRACE_MS past its time limit (stuck in C code, which TimeLimit
+        # cannot interrupt) has its worker process killed and replaced, from a watcher process of the master's.
+        HardTimeLimits(
+            grace_ms=settings.hard_limit_grace_ms,
+            directory=hard_limit_fork.hard_limit_directory(settings.state_dir),
+            fork=hard_limit_fork.run,
+        ),
         # Raises Shutdown in actors declared notify_shutdown=True, so a deploy interrupts a long
         # job at once (it keeps its checkpoint) instead of waiting out the shutdown timeout.
         ShutdownNotifications(),

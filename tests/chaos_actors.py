@@ -85,3 +85,18 @@ def checkpointed_rows(job: str, steps: int, step_s: float) -> None:
                     text=str(os.getpid()),
                 )
             )
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=1_000, checkpointed=True, notify_shutdown=True)
+def stuck_in_c_once(marker_path: str) -> None:
+    """Saves a checkpoint, then (on its first delivery only) sits in one ~27 s C call that holds the
+    GIL, far past its 1 s time limit, which cannot interrupt it; a resumed delivery just finishes."""
+    checkpoint = current_checkpoint()
+    with Path(marker_path).open("a") as marker:
+        marker.write(f"start {os.getpid()} {checkpoint.position}\n")
+    if checkpoint.position is None:
+        with checkpoint.saving(0):
+            pass
+        3**50_000_000  # noqa: B018  (the point is the time it takes)
+    with Path(marker_path).open("a") as marker:
+        marker.write("done\n")
