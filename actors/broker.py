@@ -37,6 +37,7 @@ from middleware.routing import DurationRouting
 from middleware.storage.database import Database
 from middleware.storage.database_outages import DatabaseOutages
 from middleware.worker_health import WorkerHealth
+from middleware.worker_recycling import WorkerRecycling
 
 
 def build_middleware(settings: Settings, database: Database, *, redis: bool) -> list[Middleware]:
@@ -61,6 +62,8 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
             probe_port=settings.worker_health_port,
             probe_bind=settings.worker_health_bind,
         ),
+        # Replaces a worker process over WORKER_MAX_RSS_MB, or after WORKER_MAX_JOBS jobs, gracefully.
+        WorkerRecycling(max_rss_mb=settings.worker_max_rss_mb, max_jobs=settings.worker_max_jobs),
         # Refuses to start a worker whose database schema is behind, before it takes a message.
         BootChecks(checks=[lambda: schema_problem(database)]),
         # Redis only: warns at boot when Redis would lose the jobs waiting in its queues on a restart.

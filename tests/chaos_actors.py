@@ -100,3 +100,24 @@ def stuck_in_c_once(marker_path: str) -> None:
         3**50_000_000  # noqa: B018  (the point is the time it takes)
     with Path(marker_path).open("a") as marker:
         marker.write("done\n")
+
+
+#: What growing_rows keeps: memory a leaking library would hold on to.
+_hoard: list[bytearray] = []
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=600_000, checkpointed=True, notify_shutdown=True)
+def growing_rows(job: str, steps: int, step_s: float, grow_mb: int) -> None:
+    """``checkpointed_rows``, growing the process by ``grow_mb`` for good at each step (a leak)."""
+    checkpoint = current_checkpoint()
+    first = 0 if checkpoint.position is None else checkpoint.position + 1
+    for step in range(first, steps):
+        _hoard.append(bytearray(grow_mb * 1_048_576))  # zero-filled pages count once written
+        _hoard[-1][::4096] = b"\1" * len(range(0, len(_hoard[-1]), 4096))
+        time.sleep(step_s)  # the step's own work
+        with checkpoint.saving(step, progress=(step + 1) / steps) as connection:
+            connection.execute(
+                insert(transcript_segments).values(
+                    meeting_id=job, idx=step, start_ms=step, end_ms=step + 1, text=str(os.getpid())
+                )
+            )

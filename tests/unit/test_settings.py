@@ -44,6 +44,9 @@ def test_broker_urls_of_both_brokers_are_accepted(url: str) -> None:
         ({"REDIS_MAINTENANCE_CHANCE": "2000000"}, r"between 0 and 1000000"),
         ({"TRANSCRIPTION_ENGINE": "whisper"}, r"TRANSCRIPTION_ENGINE='whisper' is not one of: echo, pocketsphinx"),
         ({"LARGE_TIME_LIMIT_MS": "60000"}, r"LARGE_TIME_LIMIT_MS \(60000\) is shorter than REGULAR_TIME_LIMIT_MS"),
+        ({"HARD_LIMIT_GRACE_MS": "-1"}, r"HARD_LIMIT_GRACE_MS=-1 is out of range; it must be at least 0"),
+        ({"WORKER_MAX_RSS_MB": "-5"}, r"WORKER_MAX_RSS_MB=-5 is out of range; it must be at least 0"),
+        ({"MAX_HAND_BACKS_WITHOUT_PROGRESS": "0"}, r"MAX_HAND_BACKS_WITHOUT_PROGRESS=0 is out of range"),
     ],
 )
 def test_invalid_values_say_what_is_wrong_and_how_to_fix_it(environ: dict[str, str], message: str) -> None:
