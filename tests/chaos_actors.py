@@ -13,6 +13,7 @@ from sqlalchemy import insert
 import actors  # noqa: F401  (configures the broker before these actors are declared)
 from actors.tables import transcript_segments
 from middleware.checkpoints import current_checkpoint
+from middleware.routing import RoutedActor
 
 QUEUE = "chaos"
 
@@ -121,3 +122,20 @@ def growing_rows(job: str, steps: int, step_s: float, grow_mb: int) -> None:
                     meeting_id=job, idx=step, start_ms=step, end_ms=step + 1, text=str(os.getpid())
                 )
             )
+
+
+@dramatiq.actor(
+    actor_class=RoutedActor, queue_name=QUEUE, checkpointed=True, notify_shutdown=True, max_retries=0
+)  # fmt: skip
+def routed_step(marker_path: str, step_s: float) -> None:
+    """A routed job (regular queue ``chaos``, large ``chaos-large``) of one step of ``step_s``, which
+    it saves when done; records each start with its queue."""
+    checkpoint = current_checkpoint()
+    queue_name = dramatiq.middleware.CurrentMessage.get_current_message().queue_name
+    with Path(marker_path).open("a") as marker:
+        marker.write(f"start {queue_name} {checkpoint.position}\n")
+    finish = time.monotonic() + step_s
+    while time.monotonic() < finish:
+        time.sleep(0.05)  # the step's own work, interruptible by the time limit
+    with checkpoint.saving(0):
+        pass

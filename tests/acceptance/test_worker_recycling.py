@@ -30,7 +30,8 @@ def run_load(env: dict[str, str], tmp_path: Path, send: str) -> tuple[list, str]
     log_path = tmp_path / "supervisor.log"
     with log_path.open("wb") as log:
         supervisor = subprocess.Popen(
-            [sys.executable, "-m", "ops", "workers", "--workers", "1", "--queues", "chaos", "--modules", "tests.chaos_actors"],
+            [sys.executable, "-m", "ops", "workers", "--workers", "1", "--queues", "chaos",
+             "--modules", "tests.chaos_actors"],
             env=process_env(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         engine = create_engine(env["DATABASE_URL"])
