@@ -29,19 +29,22 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import Middleware, TimeLimit
 
+from middleware.metrics import count_hard_limit_kill
 from middleware.serving.process_replacement import ask_master_to_replace_its_processes, dramatiq_master_pid
 from middleware.serving.processes import process_alive
 
 logger = logging.getLogger("middleware.hard_time_limits.HardTimeLimits")
 
-#: One slot: the hard deadline (seconds since the epoch, 0 when the thread is idle) and the message id.
-_SLOT = struct.Struct("<d64s")
+#: One slot: the hard deadline (seconds since the epoch, 0 when the thread is idle), the message id,
+#: and its queue and actor (NUL-separated; the labels of the kill's metric).
+_SLOT = struct.Struct("<d64s192s")
 #: How often the watcher reads the boards.
 WATCH_INTERVAL_S = 0.25
 #: How long the watcher waits for the master to acknowledge the reload (it signals its forks too).
@@ -60,11 +63,12 @@ class DeadlineBoard:
         self._map = mmap.mmap(self._file.fileno(), _SLOT.size * slots)
         self.slots = slots
 
-    def set(self, slot: int, deadline: float, message_id: str) -> None:
-        _SLOT.pack_into(self._map, slot * _SLOT.size, deadline, message_id.encode()[:64])
+    def set(self, slot: int, deadline: float, job: RunningJob) -> None:
+        labels = f"{job.queue_name}\0{job.actor_name}".encode()[:192]
+        _SLOT.pack_into(self._map, slot * _SLOT.size, deadline, job.message_id.encode()[:64], labels)
 
     def clear(self, slot: int) -> None:
-        _SLOT.pack_into(self._map, slot * _SLOT.size, 0.0, b"")
+        _SLOT.pack_into(self._map, slot * _SLOT.size, 0.0, b"", b"")
 
     def close(self) -> None:
         self._map.close()
@@ -72,14 +76,26 @@ class DeadlineBoard:
         self.path.unlink(missing_ok=True)
 
 
-def read_board(path: Path) -> list[tuple[float, str]]:
-    """The (deadline, message id) of each busy slot of a board."""
+@dataclass(frozen=True)
+class RunningJob:
+    """The job a board's slot holds."""
+
+    message_id: str
+    queue_name: str
+    actor_name: str
+
+
+def read_board(path: Path) -> list[tuple[float, RunningJob]]:
+    """The deadline and job of each busy slot of a board."""
     data = path.read_bytes()
     busy = []
     for offset in range(0, len(data) - _SLOT.size + 1, _SLOT.size):
-        deadline, message_id = _SLOT.unpack_from(data, offset)
+        deadline, message_id, labels = _SLOT.unpack_from(data, offset)
         if deadline:
-            busy.append((deadline, message_id.rstrip(b"\0").decode(errors="replace")))
+            queue_name, _, actor_name = labels.rstrip(b"\0").decode(errors="replace").partition("\0")
+            busy.append(
+                (deadline, RunningJob(message_id.rstrip(b"\0").decode(errors="replace"), queue_name, actor_name))
+            )
     return busy
 
 
@@ -131,7 +147,8 @@ class HardTimeLimits(Middleware):
         slot = self._slot()
         if limit_ms is None or slot is None:
             return
-        self.board.set(slot, time.time() + (limit_ms + self.grace_ms) / 1000, message.message_id)
+        job = RunningJob(message.message_id, message.queue_name, message.actor_name)
+        self.board.set(slot, time.time() + (limit_ms + self.grace_ms) / 1000, job)
 
     def after_process_message(
         self,
@@ -161,8 +178,8 @@ class HardTimeLimits(Middleware):
         return index
 
 
-def overdue_jobs(directory: Path, master_pid: int, now: float) -> Iterator[tuple[int, float, str]]:
-    """(pid, seconds past the hard deadline, message id) of each stuck job of ``master_pid``'s
+def overdue_jobs(directory: Path, master_pid: int, now: float) -> Iterator[tuple[int, float, RunningJob]]:
+    """(pid, seconds past the hard deadline, job) of each stuck job of ``master_pid``'s
     workers. Boards left by processes that are gone are removed."""
     for path in sorted(directory.glob(f"{master_pid}.*.deadlines")):
         pid = int(path.name.split(".")[1])
@@ -173,29 +190,34 @@ def overdue_jobs(directory: Path, master_pid: int, now: float) -> Iterator[tuple
             busy = read_board(path)
         except FileNotFoundError:  # the worker stopped meanwhile
             continue
-        for deadline, message_id in busy:
+        for deadline, job in busy:
             if deadline < now:
-                yield pid, now - deadline, message_id
+                yield pid, now - deadline, job
 
 
 def watch_deadlines(directory: Path, *, master_pid: int, grace_ms: int, stop: Callable[[], bool]) -> None:
-    """The watcher's loop (in a fork of the master): replace the first worker found stuck, then end."""
+    """The watcher's loop (in a fork of the master): replace the first worker found stuck, then end.
+    The master never restarts a fork that dies, so an unexpected error is logged and the watch goes on."""
     while not stop():
-        for pid, overdue_s, message_id in overdue_jobs(directory, master_pid, time.time()):
-            replace_stuck_worker(
-                pid, master_pid=master_pid, message_id=message_id, grace_ms=grace_ms, overdue_s=overdue_s
-            )
+        try:
+            stuck = next(overdue_jobs(directory, master_pid, time.time()), None)
+        except Exception:
+            logger.exception("Could not read the deadline boards in %s; trying again.", directory)
+            stuck = None
+        if stuck is not None:
+            pid, overdue_s, job = stuck
+            replace_stuck_worker(pid, master_pid=master_pid, job=job, grace_ms=grace_ms, overdue_s=overdue_s)
             return
         time.sleep(WATCH_INTERVAL_S)  # the watcher's cadence: a deadline is a moment, not an event to await
 
 
-def replace_stuck_worker(pid: int, *, master_pid: int, message_id: str, grace_ms: int, overdue_s: float) -> None:
+def replace_stuck_worker(pid: int, *, master_pid: int, job: RunningJob, grace_ms: int, overdue_s: float) -> None:
     logger.error(
         "Worker process %d still runs message %s %.1f s past its time limit plus HARD_LIMIT_GRACE_MS (%d ms): it "
         "is inside code the time limit cannot interrupt. Killing it; the dramatiq master (pid %d) replaces its "
         "processes, and the message runs again from its checkpoint.",
         pid,
-        message_id,
+        job.message_id,
         overdue_s,
         grace_ms,
         master_pid,
@@ -213,3 +235,5 @@ def replace_stuck_worker(pid: int, *, master_pid: int, message_id: str, grace_ms
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         logger.info("Worker process %d ended before it was killed.", pid)
+        return
+    count_hard_limit_kill(job.queue_name, job.actor_name)

@@ -9,8 +9,9 @@ and ``actor_name`` unless a metric says otherwise. Every Gauge has an explicit m
    knows a retry from a final failure) and from the job events of ``middleware.job_logs``
    (checkpoints saved and resumed, dead letters recorded).
 2. Code that knows something no hook sees calls a helper: :func:`count_routing` (where a message
-   is built), :func:`count_transcribed_segment` (the transcription actor) and
-   :func:`count_recovery_requeues` (the heartbeat process that hands back dead workers' jobs).
+   is built), :func:`count_transcribed_segment` (the transcription actor),
+   :func:`count_recovery_requeues` (the heartbeat process that hands back dead workers' jobs) and
+   :func:`count_hard_limit_kill` (the watcher of hard time limits).
 3. With an exporter, the ``dramatiq`` master starts it as a process of its own; each worker
    process first checks that the port is free and stops with exit code 2 if it is not.
 """
@@ -150,6 +151,11 @@ escalations_total = Counter(
     "jobs_escalations_total",
     "Routed jobs stopped by the regular queue's time limit and moved to the large queue (labelled "
     "with the regular queue).",
+    MESSAGE_LABELS,
+)
+hard_limit_kills_total = Counter(
+    "jobs_hard_limit_kills_total",
+    "Worker processes killed because a job ran HARD_LIMIT_GRACE_MS past its time limit (counted by the watcher).",
     MESSAGE_LABELS,
 )
 transcribed_segments_total = Counter(
@@ -356,6 +362,7 @@ def initialize_counters(broker: dramatiq.Broker) -> None:
                 interruptions_total.labels(*labels, reason)
             queue_wait_seconds.labels(*labels)
             job_duration_seconds.labels(*labels, "completed")  # what the duration quantiles are taken of
+            hard_limit_kills_total.labels(*labels)
             if len(queues) > 1:
                 escalations_total.labels(*labels)
             if actor.options.get("checkpointed"):
@@ -383,6 +390,11 @@ def count_transcribed_segment(audio_seconds: float) -> None:
     queue_name = q_name(message.queue_name) if message is not None else ""
     transcribed_segments_total.labels(queue_name).inc()
     transcribed_audio_seconds_total.labels(queue_name).inc(audio_seconds)
+
+
+def count_hard_limit_kill(queue_name: str, actor_name: str) -> None:
+    """One worker process killed by the hard-time-limit watcher, for the job it was stuck in."""
+    hard_limit_kills_total.labels(q_name(queue_name), actor_name).inc()
 
 
 def count_recovery_requeues(queue_name: str, messages: int) -> None:

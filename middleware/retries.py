@@ -149,9 +149,10 @@ class Retries(Middleware):
                 delay_ms = exception.delay if isinstance(exception, CheckpointBusy) else None
                 enqueue_until_accepted(broker, message, delay=delay_ms or self.requeue_delay_ms)
                 return
-            if self._hand_back_unless_stalled(broker, message, exception):
+            final = self._hand_back_unless_stalled(broker, message, exception)
+            if final is None:
                 return
-            exception = message._exception  # the NoProgress or TimeLimitExceeded it is dead-lettered with
+            exception = final  # the NoProgress or TimeLimitExceeded it is dead-lettered with
         if self.database_outages is not None and self.database_outages.interrupts(message, exception):
             log_event("job.interrupted", message, reason="DatabaseUnavailable")
             enqueue_until_accepted(broker, message, delay=self.requeue_delay_ms)
@@ -189,16 +190,17 @@ class Retries(Middleware):
 
     def _hand_back_unless_stalled(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, exception: BaseException
-    ) -> bool:
-        """Hand an interrupted job back, unless it has now been interrupted too often in a row without
-        saving a checkpoint: then publish the decision that dead-letters it, and return False."""
+    ) -> BaseException | None:
+        """Hand an interrupted job back (None), unless it has now been interrupted too often in a row
+        without saving a checkpoint: then publish the decision that dead-letters it, and return the
+        error it is dead-lettered with."""
         progress = delivery_progress.get()
         stalled = 0 if progress is not None and progress.advanced else message.options.get(STALLED_OPTION, 0) + 1
         if stalled < self.max_hand_backs_without_progress:
             message.options[STALLED_OPTION] = stalled
             log_event("job.interrupted", message, reason=type(exception).__name__, without_progress=stalled)
             enqueue_until_accepted(broker, message, delay=self.requeue_delay_ms)
-            return True
+            return None
         position = progress.position if progress is not None else None
         after = "before its first checkpoint" if position is None else f"after position {position!r}"
         if isinstance(exception, TimeLimitExceeded):
@@ -221,7 +223,7 @@ class Retries(Middleware):
         classification = Classification(ErrorKind.FATAL, text)
         attempt = message.options.get("retries", 0) + 1
         current_failure.set(FailureDecision(classification, attempt, attempt, will_retry=False, kind=kind))
-        return False
+        return final
 
     def policy_of(self, actor: dramatiq.Actor, message: dramatiq.Message | dramatiq.MessageProxy) -> RetryPolicy:
         policy = message.options.get("retry_policy") or actor.options.get("retry_policy")
@@ -254,7 +256,7 @@ class Retries(Middleware):
         return FailureDecision(classification, attempt, policy.attempts, will_retry, delay_ms)
 
 
-def _time_limit_ms(broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> int | None:
+def _time_limit_ms(broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> float | None:
     """The limit that stopped the delivery: the message's own, its actor's, or the TimeLimit middleware's."""
     actor = broker.get_actor(message.actor_name)
     limit = message.options.get("time_limit") or actor.options.get("time_limit")
