@@ -157,6 +157,17 @@ class Settings:
     large_threshold_ms: int = setting("LARGE_THRESHOLD_MS", 40 * MINUTE_MS, minimum=1)
     regular_time_limit_ms: int = setting("REGULAR_TIME_LIMIT_MS", 20 * MINUTE_MS, minimum=1_000)
     large_time_limit_ms: int = setting("LARGE_TIME_LIMIT_MS", 180 * MINUTE_MS, minimum=1_000)
+    #: Interruptions in a row (time limits, deploys) without a checkpoint saved, after which a job is
+    #: dead-lettered (kind ``time_limit`` or ``no_progress``) instead of handed back again.
+    max_hand_backs_without_progress: int = setting("MAX_HAND_BACKS_WITHOUT_PROGRESS", 3, minimum=1)
+    #: How long a job may run past its time limit (inside C code, which the limit cannot interrupt)
+    #: before its worker process is killed and replaced; 0 kills at once. Its message runs again.
+    hard_limit_grace_ms: int = setting("HARD_LIMIT_GRACE_MS", 30_000, minimum=0)
+    #: A worker process over this resident memory (MB) stops after its current jobs (checkpointed
+    #: ones hand back at once) and is replaced; 0: no cap.
+    worker_max_rss_mb: int = setting("WORKER_MAX_RSS_MB", 0, minimum=0)
+    #: A worker process is replaced after this many jobs, like Celery's max_tasks_per_child; 0: never.
+    worker_max_jobs: int = setting("WORKER_MAX_JOBS", 0, minimum=0)
     #: Deliveries whose worker died, after which a message is dead-lettered as poison.
     max_deliveries: int = setting("MAX_DELIVERIES", 5, minimum=1)
     #: How long a completed job keeps its idempotency key.
@@ -188,6 +199,10 @@ class Settings:
     worker_heartbeat_interval_ms: int = setting("WORKER_HEARTBEAT_INTERVAL_MS", 5_000, minimum=100)
     worker_stale_after_ms: int = setting("WORKER_STALE_AFTER_MS", 30_000, minimum=200)
     worker_forget_after_ms: int = setting("WORKER_FORGET_AFTER_MS", 10 * MINUTE_MS, minimum=1_000)
+    #: ``python -m ops workers``: a worker slot whose worker exits unexpectedly this many times within
+    #: the window is stopped (a crash loop) instead of restarted again; the other slots keep running.
+    worker_max_crashes: int = setting("WORKER_MAX_CRASHES", 5, minimum=1)
+    worker_crash_window_ms: int = setting("WORKER_CRASH_WINDOW_MS", 5 * MINUTE_MS, minimum=1_000)
     #: A worker is unhealthy when more than this fraction of its jobs failed over the window,
     #: judged once it has finished at least health_failure_min_jobs jobs in it.
     health_failure_rate: float = setting("HEALTH_FAILURE_RATE", 0.05)

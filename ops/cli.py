@@ -4,7 +4,8 @@ python -m ops db upgrade      create or migrate the schema (SQLite or PostgreSQL
 python -m ops db current      print the schema revision and whether it is up to date
 python -m ops dlq ...         dead letters: list, show, resolve, requeue, delete, purge, stats, reconcile
 python -m ops jobs ...        job status: show MESSAGE_ID, list --status failed
-python -m ops workers         run worker processes, restarting any that dies
+python -m ops workers         run worker processes, restarting any that dies (a crash loop is stopped)
+python -m ops workers status  each worker slot of this host's supervisors: pid, uptime, restarts, state, RSS
 python -m ops health          exit 0 when every worker and queue is healthy, else 1 with the reason
 python -m ops queues          per queue: waiting, delayed, in progress, dead, oldest waiting age
 python -m ops exporter        system-wide metrics for Prometheus: queues, dead letters, worker heartbeats

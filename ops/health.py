@@ -6,9 +6,11 @@ A worker is unhealthy when
    (judged once it has finished HEALTH_FAILURE_MIN_JOBS jobs in the window);
 3. no job of its has succeeded for HEALTH_IDLE_AFTER_MS while messages wait on its queues, and more
    than HEALTH_IDLE_MIN_ERRORS jobs failed since its last success.
-A queue is unhealthy when messages wait and no live worker serves it.
+A queue is unhealthy when messages wait and no live worker serves it. A worker slot of
+``python -m ops workers`` (the ``worker_slots`` table) is unhealthy once its supervisor stopped it
+and will not restart it: a crash loop, or exit code 2.
 
-:func:`evaluate` is the rules, a pure function of heartbeat rows, queue stats and
+:func:`evaluate` is the rules, a pure function of heartbeat rows, queue stats, worker slot rows and
 :class:`HealthRules`; :func:`health_report` gathers those for the configured system.
 """
 
@@ -21,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from middleware.operations.queue_stats import QueueStats
+from middleware.storage.worker_slots import CRASH_LOOP, RESTARTING, is_stopped
 from middleware.worker_health import is_live, queues_served
 from ops.output import print_json
 
@@ -56,10 +59,13 @@ def health_report(system: System) -> dict[str, Any]:
     {"healthy", "reason" (one line), "checked_at" (ISO-8601), "dead_letters_unresolved",
      "workers": [{worker_id, host, pid, version, queues, processed, failed, in_progress, current_job,
                   last_job_finished_at, heartbeat_at, heartbeat_age_s, healthy, reason, ...}],
+     "worker_slots": [{host, supervisor_pid, slot, queues, pid, started_at, restarts, last_exit_code,
+                       last_exit_reason, state, updated_at, healthy, reason}],
      "queues": [{**QueueStats.to_dict(), dead_letters_unresolved, healthy, reason}]}
     """
     from middleware.operations.dead_letter_store import stats as dead_letter_stats
     from middleware.operations.queue_stats import BrokerUnavailable, queue_stats
+    from middleware.storage.worker_slots import list_worker_slots
     from middleware.worker_health import list_worker_heartbeats
 
     settings, database, now = system.settings, system.database, datetime.now(UTC)
@@ -73,7 +79,13 @@ def health_report(system: System) -> dict[str, Any]:
         queues, broker_problem = [], str(error)
     unresolved = {row["queue"]: row["unresolved"] for row in dead_letter_stats(database)}
     return evaluate(
-        workers, queues, unresolved, rules=HealthRules.from_settings(settings), now=now, broker_problem=broker_problem
+        workers,
+        queues,
+        unresolved,
+        rules=HealthRules.from_settings(settings),
+        now=now,
+        broker_problem=broker_problem,
+        worker_slots=list_worker_slots(database),
     )
 
 
@@ -85,13 +97,16 @@ def evaluate(
     rules: HealthRules,
     now: datetime,
     broker_problem: str | None = None,
+    worker_slots: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The health report (see :func:`health_report`) from heartbeat rows and queue stats.
+    """The health report (see :func:`health_report`) from heartbeat rows, queue stats and the rows of
+    ``worker_slots``.
 
     ``broker_problem`` says why the queues could not be read; that alone makes the report unhealthy.
     """
     waiting = {stats.queue_name: stats.waiting for stats in queues}
     worker_reports = [_worker_report(row, waiting, rules=rules, now=now) for row in workers]
+    slot_reports = [_slot_report(row) for row in worker_slots]
     # A stopping worker takes no new message: it serves no queue any more.
     serving = queues_served(workers, stale_after_ms=rules.stale_after_ms, now=now)
     queue_reports = [
@@ -107,6 +122,11 @@ def evaluate(
         f"worker {report['worker_id']}: {report['reason']}" for report in worker_reports if not report["healthy"]
     ]
     problems += [
+        f"worker slot {report['slot']} on {report['host']}: {report['reason']}"
+        for report in slot_reports
+        if not report["healthy"]
+    ]
+    problems += [
         f"queue {report['queue_name']}: {report['reason']}" for report in queue_reports if not report["healthy"]
     ]
     live = sum(1 for row in workers if is_live(row, stale_after_ms=rules.stale_after_ms, now=now))
@@ -117,8 +137,22 @@ def evaluate(
         "checked_at": now.isoformat(),
         "dead_letters_unresolved": sum(dead_letters_unresolved.values()),
         "workers": worker_reports,
+        "worker_slots": slot_reports,
         "queues": queue_reports,
     }
+
+
+def judge_slot(row: Mapping[str, Any]) -> tuple[bool, str]:
+    """(healthy, reason) for one row of ``worker_slots``: a slot its supervisor stopped is unhealthy."""
+    last = f"its last run {row['last_exit_reason']}" if row["last_exit_reason"] else "it never ran"
+    supervisor = f"supervisor pid {row['supervisor_pid']}"
+    if row["state"] == CRASH_LOOP:
+        return False, f"stopped in a crash loop ({supervisor}, {row['restarts']} restart(s)); {last}"
+    if is_stopped(row):
+        return False, f"stopped, not restarted ({supervisor}); {last}"
+    if row["state"] == RESTARTING:
+        return True, f"restarting ({supervisor}); {last}"
+    return True, f"ok: running ({supervisor})"
 
 
 def judge_worker(
@@ -168,6 +202,11 @@ def _worker_report(
         "healthy": healthy,
         "reason": reason,
     }
+
+
+def _slot_report(row: Mapping[str, Any]) -> dict[str, Any]:
+    healthy, reason = judge_slot(row)
+    return {**{name: _jsonable(value) for name, value in row.items()}, "healthy": healthy, "reason": reason}
 
 
 def _judge_queue(stats: QueueStats, serving: set[str]) -> dict[str, Any]:

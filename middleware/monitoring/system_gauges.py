@@ -17,6 +17,8 @@ Gauges (``queue_name`` as in the worker metrics):
     jobs_dead_letters_unresolved{queue_name, kind}  rows of dead_letters not resolved (fatal, retryable, poison)
     jobs_worker_heartbeat_age_seconds{worker_id, host}
     jobs_worker_idle_seconds{worker_id, queue_name} 0 while the worker runs a job, else since its last one
+    jobs_worker_slots{host, state}                  slots of python -m ops workers (running, restarting,
+                                                    stopped, crash_loop), every state of every host with one
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import dramatiq
@@ -37,9 +39,12 @@ from sqlalchemy import func, select
 from middleware.dead_letters import KINDS, dead_letters
 from middleware.operations.queue_stats import QueueStats, queue_stats
 from middleware.storage.database import Database
+from middleware.storage.worker_slots import CRASH_LOOP, RESTARTING, RUNNING, STOPPED, list_worker_slots
 from middleware.worker_health import DEFAULT_STALE_AFTER_MS, is_live, list_worker_heartbeats
 
 QUEUE_STATES = ("waiting", "delayed", "in_progress", "dead")
+#: The ``state`` label of jobs_worker_slots for each state of a worker_slots row.
+SLOT_STATE_LABELS = {RUNNING: "running", RESTARTING: "restarting", STOPPED: "stopped", CRASH_LOOP: "crash_loop"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class SystemSnapshot:
     unresolved: dict[tuple[str, str], int]  # (queue_name, kind) -> unresolved dead letters
     workers: list[dict]  # worker_heartbeats rows
     stale_after_ms: int
+    worker_slots: list[dict] = field(default_factory=list)  # worker_slots rows
 
     def live_workers(self) -> list[dict]:
         return [
@@ -75,6 +81,7 @@ def take_snapshot(
         unresolved=unresolved,
         workers=workers,
         stale_after_ms=stale_after_ms,
+        worker_slots=list_worker_slots(database),
     )
 
 
@@ -103,6 +110,11 @@ def metric_families(snapshot: SystemSnapshot) -> list[Metric]:
         "0 while the worker runs a job, else the time since its last job ended (or it started).",
         labels=["worker_id", "queue_name"],
     )
+    slots = GaugeMetricFamily(
+        "jobs_worker_slots",
+        "Worker slots of python -m ops workers per host and state; crash_loop: stopped, not restarted again.",
+        labels=["host", "state"],
+    )
     live_workers = snapshot.live_workers()
     queue_names = sorted({stats.queue_name for stats in snapshot.queues} | {queue for queue, _ in snapshot.unresolved})
     by_name = {stats.queue_name: stats for stats in snapshot.queues}
@@ -122,7 +134,11 @@ def metric_families(snapshot: SystemSnapshot) -> list[Metric]:
         idle_s = 0.0 if worker["in_progress"] else _seconds(now, last_activity)
         for queue_name in worker["queues"]:
             idle.add_metric([worker["worker_id"], queue_name], idle_s)
-    return [messages, oldest, live, unresolved, heartbeat_age, idle]
+    for host in sorted({row["host"] for row in snapshot.worker_slots}):
+        states = [SLOT_STATE_LABELS[row["state"]] for row in snapshot.worker_slots if row["host"] == host]
+        for state in SLOT_STATE_LABELS.values():
+            slots.add_metric([host, state], states.count(state))
+    return [messages, oldest, live, unresolved, heartbeat_age, idle, slots]
 
 
 class SystemCollector:

@@ -139,3 +139,26 @@ schedule_state = Table(
     #: host:pid of the scheduler that handled the last tick.
     Column("fired_by", String(255), nullable=False),
 )
+
+#: Written by ``ops.supervisor`` (``python -m ops workers``) through ``middleware.storage.worker_slots``:
+#: one row per worker slot of each supervisor, rewritten on every change of the slot.
+worker_slots = Table(
+    "worker_slots",
+    metadata,
+    Column("host", String(255), primary_key=True),
+    Column("supervisor_pid", Integer, primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    #: The queues the supervisor's workers serve (empty: every declared queue).
+    Column("queues", JSON, nullable=False),
+    #: The slot's dramatiq master: the running one, or the last one once it has exited.
+    Column("pid", Integer, nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("restarts", Integer, nullable=False),
+    #: As subprocess reports it: negative for a signal.
+    Column("last_exit_code", Integer, nullable=True),
+    #: "exited with code 1 after 0.3 s", "killed by SIGKILL after 12.0 s".
+    Column("last_exit_reason", Text, nullable=True),
+    #: running, restarting, stopped (exit code 2: bad settings or schema), stopped: crash loop.
+    Column("state", String(32), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from middleware.dead_letters import KINDS
 from middleware.job_status import STATUSES
 from middleware.storage.database import as_utc
+from middleware.storage.worker_slots import STATES
 from ops.durations import moment
 
 
@@ -33,6 +34,7 @@ Notes = Annotated[str, StringConstraints(max_length=10_000, pattern=_NO_NUL), Af
 Utc = Annotated[datetime, AfterValidator(as_utc)]
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
+SlotState = Literal[STATES]  # type: ignore[valid-type]
 #: Row ids are 64-bit in PostgreSQL.
 RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
@@ -202,6 +204,25 @@ class WorkerHealth(BaseModel):
     reason: str
 
 
+class WorkerSlotHealth(BaseModel):
+    """A slot of a ``python -m ops workers`` supervisor (the ``worker_slots`` table)."""
+
+    model_config = ConfigDict(extra="allow")
+    host: str
+    supervisor_pid: int
+    slot: int
+    queues: list[str]
+    pid: int | None
+    started_at: str | None
+    restarts: int
+    last_exit_code: int | None
+    last_exit_reason: str | None
+    state: SlotState
+    updated_at: str
+    healthy: bool
+    reason: str
+
+
 class QueueHealth(BaseModel):
     model_config = ConfigDict(extra="allow")
     queue_name: str
@@ -222,6 +243,7 @@ class HealthReport(BaseModel):
     checked_at: str
     dead_letters_unresolved: int
     workers: list[WorkerHealth]
+    worker_slots: list[WorkerSlotHealth]
     queues: list[QueueHealth]
 
 

@@ -142,6 +142,8 @@ def run_chaos(
         "STATE_DIR": str(tmp_path),
         "TRANSCRIPTION_ENGINE": "pocketsphinx",
         "TRANSCRIPTION_SEGMENT_MS": str(SEGMENT_MS),
+        # The chaos kills workers on purpose, more often than a crash loop's default limit.
+        "WORKER_MAX_CRASHES": "1000",
     }
     recording = make_long_recording(tmp_path / "meeting.wav", seconds=recording_s)
     meetings = [f"chaos-{n}-{uuid.uuid4().hex[:6]}" for n in range(jobs)]

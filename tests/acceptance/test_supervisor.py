@@ -1,8 +1,11 @@
-"""python -m ops workers: a dead worker process is restarted, and the others keep running."""
+"""python -m ops workers: a dead worker process is restarted, and the others keep running; a worker
+that crashes at every boot is stopped after WORKER_MAX_CRASHES tries, and says so everywhere."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import harness
-from tests.harness import ROOT, process_env, wait_until
+from tests.harness import ROOT, process_env, run_ops, wait_until
 
 
 def children(pid: int) -> list[int]:
@@ -73,6 +76,73 @@ def test_a_killed_worker_is_restarted_and_its_sibling_is_untouched(
     assert code == 0, output
     assert "exited with code 1" in output and "restarting it" in output
     assert children(supervisor.pid) == []
+
+
+@pytest.mark.parametrize("broker_env", ["redis"], indirect=True)
+def test_a_worker_that_crashes_at_every_boot_is_stopped_after_its_max_crashes(
+    broker_env: dict[str, str], sqlite_url: str, tmp_path: Path
+) -> None:
+    env = {**broker_env, "DATABASE_URL": sqlite_url, "WORKER_MAX_CRASHES": "3", "WORKER_CRASH_WINDOW_MS": "60000"}
+    with (tmp_path / "supervisor.log").open("wb") as log:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "ops", "workers", "--workers", "1", "--modules", "tests.crash_at_boot"],
+            env=process_env(env),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = supervisor.wait(timeout=60)
+        finally:
+            if supervisor.poll() is None:
+                os.killpg(supervisor.pid, signal.SIGKILL)
+                supervisor.wait()
+    output = (tmp_path / "supervisor.log").read_text()
+    assert code == 4, output  # EXIT_CRASH_LOOP: its only slot is stopped
+    starts = re.findall(r"Worker 0 started \(pid (\d+)\)", output)
+    assert len(starts) == 3, output
+    assert output.count("; restarting it in") == 2
+    [stop_line] = [line for line in output.splitlines() if "crash loop" in line and "Worker 0" in line]
+    assert "Worker 0 is in a crash loop: it exited unexpectedly 3 times within 60 s, the last time (pid " in stop_line
+    assert "exited with code 1 after" in stop_line and "not restarting it" in stop_line
+    assert "Every worker is stopped in a crash loop; exiting with code 4." in output
+
+    # The slot's row outlives its supervisor, so status and health keep saying what happened.
+    host = socket.gethostname()
+    status = run_ops(env, "workers", "status")
+    assert status.returncode == 0, status.stderr
+    [header, line] = status.stdout.splitlines()
+    shown = dict(zip(header.split(), re.split(r"\s{2,}", line), strict=True))  # columns: 2 spaces apart at least
+    assert shown.pop("LAST_EXIT_REASON").startswith("exited with code 1 after")
+    assert shown == {
+        "HOST": host,
+        "SUPERVISOR": str(supervisor.pid),
+        "SLOT": "0",
+        "PID": starts[-1],
+        "STATE": "stopped: crash loop (supervisor gone)",
+        "UPTIME": "-",
+        "RESTARTS": "2",
+        "RSS": "-",
+    }
+    as_json = run_ops(env, "workers", "status", "--json")
+    [row] = json.loads(as_json.stdout)
+    assert {name: row[name] for name in ("host", "supervisor_pid", "slot", "restarts", "last_exit_code", "state")} == {
+        "host": host,
+        "supervisor_pid": supervisor.pid,
+        "slot": 0,
+        "restarts": 2,
+        "last_exit_code": 1,
+        "state": "stopped: crash loop",
+    }
+    assert (row["supervisor_running"], row["uptime_s"], row["rss_bytes"]) == (False, None, None)
+
+    health = run_ops(env, "health")
+    assert health.returncode == 1, health.stdout + health.stderr
+    assert health.stdout.startswith(
+        f"worker slot 0 on {host}: stopped in a crash loop (supervisor pid {supervisor.pid}, 2 restart(s)); "
+        "its last run exited with code 1 after "
+    ), health.stdout
 
 
 def _two_free_ports() -> int:

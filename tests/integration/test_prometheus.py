@@ -5,7 +5,7 @@
    queue nobody else serves), ``python -m ops exporter``, and an app that sends one of every kind
    of job (transcriptions regular and large, a retry, a retries-exhausted and a fatal failure, a
    checkpointed job past its time limit, a delayed message, a message for a queue nobody serves)
-   and serves its own metrics.
+   and serves its own metrics; a ``worker_slots`` row of a slot stopped in a crash loop.
 2. Debian's ``prometheus`` scrapes the three every second and evaluates ``ops/prometheus/alerts.yml``.
 3. Every query of every panel of every dashboard in ``ops/grafana`` and every alert expression goes
    through Prometheus's HTTP API: each panel must return samples carrying its legend's labels, each
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from middleware.job_status import job_status
+from middleware.storage.database import Database
+from middleware.storage.worker_slots import CRASH_LOOP, RUNNING, record_slots
 from tests.harness import REDIS_TEST_URL, ROOT, WorkerProcess, free_port, process_env, redis_client, wait_until
 
 GRAFANA = ROOT / "ops" / "grafana"
@@ -55,6 +58,9 @@ EXPECTED_ALERT_SELECTIONS = {
     "JobsDeadLettersGrowing": [{"queue_name": "observed"}],  # 0, then 2 unresolved
     "JobsWorkerIdleWhileWorkWaits": [],  # the live workers serve no queue with work waiting
     "JobsWorkerHeartbeatStale": [],  # the killed worker has been silent for seconds, not 30 s
+    # The row of a slot a supervisor stopped in a crash loop (written as ops/supervisor.py does).
+    "JobsWorkerCrashLoop": [{"host": "crashed-host", "state": "crash_loop"}],
+    "JobsHardTimeLimitKills": [],  # no job of this test outlives its time limit
 }
 OUR_METRIC = re.compile(r"\b((?:jobs|dramatiq)_[a-z_]+)(\{[^}]*\})?")
 
@@ -68,7 +74,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 def test_the_alert_rules_are_valid() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_the_alert_rules_pass_their_unit_tests() -> None:
@@ -254,6 +260,7 @@ def test_every_dashboard_query_and_alert_works_on_real_data(
     doomed: WorkerProcess = stack["doomed"]
     workers.wait_ready()
     doomed.wait_ready()
+    _record_a_crash_loop(env["DATABASE_URL"])
     # Counters start at 0 before any job, and the exporter sees the workers' queue: every increase
     # that follows is visible to rate() and delta().
     wait_until(
@@ -294,7 +301,7 @@ def test_every_dashboard_query_and_alert_works_on_real_data(
         assert len((tmp_path / "stepped").read_text().splitlines()) >= 2, "the time limit handed the job back"
 
         panels = grafana_targets()
-        assert len({(name, title) for name, title, _ in panels}) == 38
+        assert len({(name, title) for name, title, _ in panels}) == 39
         # Poll until every panel has data (the last scrapes may still be on their way), then check each.
         _wait_for_every_panel(prometheus, panels)
         wait_until(
@@ -314,6 +321,33 @@ def test_every_dashboard_query_and_alert_works_on_real_data(
     finally:
         app.stop()
     assert workers.process.poll() is None, "the worker deployment ran throughout"
+
+
+def _record_a_crash_loop(database_url: str) -> None:
+    """A supervisor's two slots, one running and one stopped in a crash loop, as ops/supervisor.py records them."""
+    now = datetime.now(UTC)
+    database = Database(database_url)
+    rows = [
+        {
+            "host": "crashed-host",
+            "supervisor_pid": 4242,
+            "slot": slot,
+            "queues": ["observed"],
+            "pid": 5000 + slot,
+            "started_at": now,
+            "restarts": restarts,
+            "last_exit_code": code,
+            "last_exit_reason": reason,
+            "state": state,
+            "updated_at": now,
+        }
+        for slot, state, restarts, code, reason in [
+            (0, RUNNING, 0, None, None),
+            (1, CRASH_LOOP, 4, 1, "exited with code 1 after 0.4 s"),
+        ]
+    ]
+    record_slots(database, rows)
+    database.dispose()
 
 
 def _wait_for_every_panel(prometheus: Prometheus, panels: list[tuple[str, str, dict[str, Any]]]) -> None:

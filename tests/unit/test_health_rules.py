@@ -224,3 +224,63 @@ def test_a_broker_that_cannot_be_read_makes_the_report_unhealthy() -> None:
     result = evaluate([worker()], [], {}, rules=RULES, now=NOW, broker_problem="cannot read the broker's queues: X")
     assert (result["healthy"], result["reason"]) == (False, "broker: cannot read the broker's queues: X")
     assert result["workers"][0]["healthy"] is True and result["queues"] == []
+
+
+def slot(**changes: Any) -> dict[str, Any]:
+    """A row of worker_slots: slot 1 of a supervisor on host-a, running."""
+    row = {
+        "host": "host-a",
+        "supervisor_pid": 900,
+        "slot": 1,
+        "queues": ["orders"],
+        "pid": 901,
+        "started_at": NOW - timedelta(minutes=5),
+        "restarts": 0,
+        "last_exit_code": None,
+        "last_exit_reason": None,
+        "state": "running",
+        "updated_at": NOW - timedelta(minutes=5),
+    }
+    return {**row, **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "healthy", "reason"),
+    [
+        ({}, True, "ok: running (supervisor pid 900)"),
+        (
+            {"state": "restarting", "restarts": 1, "last_exit_reason": "killed by SIGKILL after 40.2 s"},
+            True,
+            "restarting (supervisor pid 900); its last run killed by SIGKILL after 40.2 s",
+        ),
+        (
+            {
+                "state": "stopped: crash loop",
+                "restarts": 4,
+                "last_exit_code": 1,
+                "last_exit_reason": "exited with code 1 after 0.3 s",
+            },
+            False,
+            "stopped in a crash loop (supervisor pid 900, 4 restart(s)); its last run exited with code 1 after 0.3 s",
+        ),
+        (
+            {"state": "stopped", "last_exit_code": 2, "last_exit_reason": "exited with code 2 after 1.5 s"},
+            False,
+            "stopped, not restarted (supervisor pid 900); its last run exited with code 2 after 1.5 s",
+        ),
+    ],
+)
+def test_a_worker_slot_its_supervisor_stopped_is_unhealthy_and_named_by_host_and_slot(
+    changes: dict[str, Any], healthy: bool, reason: str
+) -> None:
+    result = evaluate([worker()], [queue()], {}, rules=RULES, now=NOW, worker_slots=[slot(**changes)])
+    [entry] = result["worker_slots"]
+    assert (entry["healthy"], entry["reason"]) == (healthy, reason)
+    assert (entry["started_at"], entry["host"], entry["slot"]) == ("2026-11-23T11:55:00+00:00", "host-a", 1)
+    assert result["healthy"] is healthy
+    if not healthy:
+        assert result["reason"] == f"worker slot 1 on host-a: {reason}"
+
+
+def test_with_no_supervisor_the_report_has_no_worker_slots() -> None:
+    assert report([worker()])["worker_slots"] == []

@@ -95,3 +95,28 @@ def test_refreshing_replaces_the_gauges_a_registry_serves(database: Database) ->
     assert registry.get_sample_value("jobs_queue_messages", waiting) == 2
     assert "default" in [stats.queue_name for stats in snapshot.queues]
     broker.close()
+
+
+def test_worker_slots_are_counted_per_host_and_state_with_every_state_present() -> None:
+    def slot(host: str, number: int, state: str) -> dict:
+        return {"host": host, "supervisor_pid": 7, "slot": number, "state": state}
+
+    snapshot = SystemSnapshot(
+        taken_at=NOW,
+        queues=[],
+        unresolved={},
+        workers=[],
+        stale_after_ms=30_000,
+        worker_slots=[
+            slot("h1", 0, "running"),
+            slot("h1", 1, "stopped: crash loop"),
+            slot("h1", 2, "stopped: crash loop"),
+            slot("h2", 0, "restarting"),
+        ],
+    )
+    found = {labels: value for (name, labels), value in samples(snapshot).items() if name == "jobs_worker_slots"}
+    assert found == {
+        (("host", host), ("state", state)): count
+        for host, counts in {"h1": (1, 0, 0, 2), "h2": (0, 1, 0, 0)}.items()
+        for state, count in zip(("running", "restarting", "stopped", "crash_loop"), counts, strict=True)
+    }
