@@ -39,7 +39,7 @@ test: setup services docs
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # The guide (docs/pages/), built strictly: a broken link or anchor, or a page missing from nav, fails.
 docs: $(STAMP)

@@ -63,7 +63,11 @@ def build_middleware(settings: Settings, database: Database, *, redis: bool) -> 
             probe_bind=settings.worker_health_bind,
         ),
         # Replaces a worker process over WORKER_MAX_RSS_MB, or after WORKER_MAX_JOBS jobs, gracefully.
-        WorkerRecycling(max_rss_mb=settings.worker_max_rss_mb, max_jobs=settings.worker_max_jobs),
+        WorkerRecycling(
+            max_rss_mb=settings.worker_max_rss_mb,
+            max_jobs=settings.worker_max_jobs,
+            requests_dir=settings.replace_requests_dir,
+        ),
         # Refuses to start a worker whose database schema is behind, before it takes a message.
         BootChecks(checks=[lambda: schema_problem(database)]),
         # Redis only: warns at boot when Redis would lose the jobs waiting in its queues on a restart.

@@ -20,6 +20,7 @@ def run() -> int:
         hard_limit_directory(settings.state_dir),
         master_pid=os.getppid(),
         grace_ms=settings.hard_limit_grace_ms,
+        requests_dir=settings.replace_requests_dir,
         stop=lambda: False,  # ends when the master sends SIGTERM, or once it has replaced a stuck worker
     )
     return 0

@@ -168,6 +168,9 @@ class Settings:
     worker_max_rss_mb: int = setting("WORKER_MAX_RSS_MB", 0, minimum=0)
     #: A worker process is replaced after this many jobs, like Celery's max_tasks_per_child; 0: never.
     worker_max_jobs: int = setting("WORKER_MAX_JOBS", 0, minimum=0)
+    #: Set by ``python -m ops workers`` for its workers, not by hand: where a worker process to be
+    #: replaced (recycled, or stuck past its hard time limit) asks its supervisor to restart its slot.
+    replace_requests_dir: Path | None = setting("REPLACE_REQUESTS_DIR", None, read=_read_optional_path)
     #: Deliveries whose worker died, after which a message is dead-lettered as poison.
     max_deliveries: int = setting("MAX_DELIVERIES", 5, minimum=1)
     #: How long a completed job keeps its idempotency key.

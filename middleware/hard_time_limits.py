@@ -9,10 +9,10 @@ its worker, and its message, forever. So the watching is done from outside:
    worker thread, holding the running message's id and its hard deadline (start + time limit +
    grace). Writing a slot is a memory write: no system call, nothing in the hot path.
 2. A process of its own (a Dramatiq *fork* of the master, with its own GIL) reads the boards of
-   its master's workers every 250 ms. When a deadline has passed, it asks the master to replace
-   its processes (``middleware.serving.process_replacement``: the master stops them gracefully and
-   starts again, instead of taking the death for a crash and exiting), then kills the stuck
-   process with SIGKILL, and ends: the master starts a new watcher with the new workers.
+   its master's workers every 250 ms. When a deadline has passed, it asks for the master's
+   processes to be replaced (``middleware.serving.process_replacement``: the others are stopped
+   gracefully, instead of the master taking the death for a crash), then kills the stuck process
+   with SIGKILL, and ends: a new watcher starts with the new workers.
 3. The killed delivery's message comes back as any dead worker's does: at once on RabbitMQ (its
    connection drops), within the liveness window on Redis (``middleware.heartbeats``). It resumes
    from its checkpoint, and it counts as a delivery whose worker died, so the poison cap
@@ -195,7 +195,9 @@ def overdue_jobs(directory: Path, master_pid: int, now: float) -> Iterator[tuple
                 yield pid, now - deadline, job
 
 
-def watch_deadlines(directory: Path, *, master_pid: int, grace_ms: int, stop: Callable[[], bool]) -> None:
+def watch_deadlines(
+    directory: Path, *, master_pid: int, grace_ms: int, stop: Callable[[], bool], requests_dir: Path | None = None
+) -> None:
     """The watcher's loop (in a fork of the master): replace the first worker found stuck, then end.
     The master never restarts a fork that dies, so an unexpected error is logged and the watch goes on."""
     while not stop():
@@ -206,12 +208,16 @@ def watch_deadlines(directory: Path, *, master_pid: int, grace_ms: int, stop: Ca
             stuck = None
         if stuck is not None:
             pid, overdue_s, job = stuck
-            replace_stuck_worker(pid, master_pid=master_pid, job=job, grace_ms=grace_ms, overdue_s=overdue_s)
+            replace_stuck_worker(
+                pid, master_pid=master_pid, job=job, grace_ms=grace_ms, overdue_s=overdue_s, requests_dir=requests_dir
+            )
             return
         time.sleep(WATCH_INTERVAL_S)  # the watcher's cadence: a deadline is a moment, not an event to await
 
 
-def replace_stuck_worker(pid: int, *, master_pid: int, job: RunningJob, grace_ms: int, overdue_s: float) -> None:
+def replace_stuck_worker(
+    pid: int, *, master_pid: int, job: RunningJob, grace_ms: int, overdue_s: float, requests_dir: Path | None = None
+) -> None:
     logger.error(
         "Worker process %d still runs message %s %.1f s past its time limit plus HARD_LIMIT_GRACE_MS (%d ms): it "
         "is inside code the time limit cannot interrupt. Killing it; the dramatiq master (pid %d) replaces its "
@@ -222,11 +228,12 @@ def replace_stuck_worker(pid: int, *, master_pid: int, job: RunningJob, grace_ms
         grace_ms,
         master_pid,
     )
-    # The master's reload signals its forks too, this one included: that is its acknowledgement.
+    # The master passes its stop (or reload) signal on to its forks, this one included: that is its acknowledgement.
     acknowledged = threading.Event()
     for signum in (signal.SIGHUP, signal.SIGTERM):
         signal.signal(signum, lambda *_: acknowledged.set())
-    ask_master_to_replace_its_processes(master_pid)
+    reason = f"a job ran past its time limit plus HARD_LIMIT_GRACE_MS (message {job.message_id})"
+    ask_master_to_replace_its_processes(master_pid, reason=reason, requests_dir=requests_dir)
     if not acknowledged.wait(RELOAD_ACK_TIMEOUT_S):
         logger.warning(
             "The dramatiq master (pid %d) did not answer its reload within %.0f s.", master_pid, RELOAD_ACK_TIMEOUT_S

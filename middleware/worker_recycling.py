@@ -10,9 +10,9 @@ Long-lived Python processes grow (fragmented heaps, caches, C libraries that lea
 Replacing is a graceful stop (``middleware.serving.process_replacement``): the process takes no
 new message, a checkpointed job hands its message back at once and resumes elsewhere from its
 checkpoint, any other job finishes, and messages prefetched but not started go back to the
-broker. Nothing is lost, nothing runs twice. The ``dramatiq`` master then starts the process
-again. Only processes started by the ``dramatiq`` command recycle; an in-process worker (tests,
-scripts) has no master to replace it.
+broker. Nothing is lost, nothing runs twice. Then the process is started again: by
+``python -m ops workers``, or by the ``dramatiq`` master itself. Only processes started by the
+``dramatiq`` command recycle; an in-process worker (tests, scripts) has no master to replace it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -44,10 +45,14 @@ class WorkerRecycling(Middleware):
     max_rss_mb: replace the process once its resident memory is over this; 0: no cap.
     max_jobs: replace the process after this many jobs; 0: never.
     check_interval_s: how often the memory is also checked while jobs run.
+    requests_dir: where ``python -m ops workers`` takes replacement requests (None: not supervised).
     """
 
-    def __init__(self, *, max_rss_mb: int = 0, max_jobs: int = 0, check_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, *, max_rss_mb: int = 0, max_jobs: int = 0, check_interval_s: float = 1.0, requests_dir: Path | None = None
+    ) -> None:
         self.max_rss_mb = max_rss_mb
+        self.requests_dir = requests_dir
         self.max_jobs = max_jobs
         self.check_interval_s = check_interval_s
         self.jobs = 0
@@ -119,4 +124,6 @@ class WorkerRecycling(Middleware):
         # worker threads pause between jobs; the consumers keep running, as they must to send the acks.
         for thread in self._worker.workers if self._worker is not None else ():
             thread.pause()
-        ask_master_to_replace_its_processes(self._master_pid)
+        ask_master_to_replace_its_processes(
+            self._master_pid, reason=f"recycled: {reason}", requests_dir=self.requests_dir
+        )

@@ -15,12 +15,16 @@ Kubernetes does the same job.
    ``WORKER_CRASH_WINDOW_MS`` is in a crash loop: it is stopped, with one line saying why, and
    the other slots keep running. Once every slot is stopped so, the supervisor exits with code 4
    (``EXIT_CRASH_LOOP``), which systemd is told not to restart.
-4. Each slot's state is written to the ``worker_slots`` table on every change (for
+4. A worker that asks for its own replacement (recycled by ``WORKER_MAX_RSS_MB`` or
+   ``WORKER_MAX_JOBS``, or killed by its hard time limit: ``middleware.serving.process_replacement``)
+   leaves a request in ``REPLACE_REQUESTS_DIR`` and stops its master: the slot is started again at
+   once, and that is no crash.
+5. Each slot's state is written to the ``worker_slots`` table on every change (for
    ``python -m ops workers status``, ``ops health`` and the exporter), from a thread of its own: a
    database that is down is logged once and never stops the supervision.
-5. On SIGTERM or SIGINT, pass SIGTERM to every worker (checkpointed jobs hand their messages
+6. On SIGTERM or SIGINT, pass SIGTERM to every worker (checkpointed jobs hand their messages
    back at once) and wait for them, up to ``--grace`` seconds; then delete this supervisor's rows.
-6. With ``METRICS_PORT``, the supervisor serves the metrics of all its workers on that one port:
+7. With ``METRICS_PORT``, the supervisor serves the metrics of all its workers on that one port:
    they write to a directory of the supervisor's (``METRICS_DIR``) and serve none themselves, so a
    restarted worker's counters carry on and a dead one's jobs in progress disappear.
 """
@@ -42,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from middleware.serving.process_replacement import take_replace_request
 from middleware.storage.worker_slots import CRASH_LOOP, RESTARTING, RUNNING, STOPPED
 from ops.worker_profiles import PROFILES, WorkerProfile
 
@@ -129,6 +134,7 @@ class Supervisor:
         crash_window_ms: int = 300_000,
         max_restart_delay_s: float = MAX_RESTART_DELAY_S,
         on_change: Callable[[Slot], None] = lambda slot: None,
+        requests_dir: Path | None = None,
     ) -> None:
         self.slots = [
             Slot(number, command, CrashWindow(max_crashes, crash_window_ms), envs[number] if envs else None)
@@ -138,6 +144,8 @@ class Supervisor:
         self.crash_window_ms = crash_window_ms
         self.max_restart_delay_s = max_restart_delay_s
         self.on_change = on_change
+        #: Where its workers ask for their slot to be replaced (``REPLACE_REQUESTS_DIR``).
+        self.requests_dir = requests_dir
         self.stopping = threading.Event()
 
     def run(self) -> int:
@@ -179,6 +187,19 @@ class Supervisor:
         assert slot.process is not None
         lived_s = time.monotonic() - slot.started_at
         slot.last_exit_code, slot.last_exit_reason = code, exit_reason(code, lived_s=lived_s)
+        replaced = take_replace_request(self.requests_dir, slot.process.pid) if self.requests_dir else None
+        if replaced is not None:
+            # The worker asked for it (middleware.serving.process_replacement): no crash, started again at once.
+            logger.info(
+                "Worker %d (pid %d) stopped to be replaced (%s); starting it again.",
+                slot.number,
+                slot.process.pid,
+                replaced,
+            )
+            slot.last_exit_reason = f"replaced after {lived_s:.1f} s: {replaced}"
+            slot.state, slot.restart_at = RESTARTING, time.monotonic()
+            self.on_change(slot)
+            return True
         if code == EXIT_BAD_START:
             logger.error(
                 "Worker %d could not start (exit code 2: bad settings or schema); not restarting it. "
@@ -223,7 +244,6 @@ class Supervisor:
         for slot in self.slots:
             if slot.process is None:
                 continue
-            running = slot.process.poll() is None
             try:
                 slot.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -231,7 +251,7 @@ class Supervisor:
                 os.killpg(slot.process.pid, signal.SIGKILL)
                 slot.process.wait()
             if given_up and slot.state in (RUNNING, RESTARTING):
-                if running:
+                if slot.state == RUNNING:  # (a restarting slot's last run was put in words when it ended)
                     lived_s = time.monotonic() - slot.started_at
                     slot.last_exit_code = slot.process.returncode
                     slot.last_exit_reason = exit_reason(slot.process.returncode, lived_s=lived_s)
@@ -388,7 +408,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     workers.add_argument("--grace", type=float, default=60.0, help="seconds to wait for workers on stop")
     workers.set_defaults(handler=_run)
     # Optional: `python -m ops workers [options]` alone runs the workers, as it always has.
-    workers_status.add_commands(workers.add_subparsers(title="workers commands", metavar="{status}"))
+    workers_status.add_commands(workers.add_subparsers(title="workers commands", metavar="[status]"))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -410,7 +430,12 @@ def _run(args: argparse.Namespace) -> int:
 
     system = current_system()
     prefetch_env = WorkerProfile(workers=args.workers, threads=args.threads, prefetch=prefetch).environment()
-    envs = [{**os.environ, **metrics_env, **prefetch_env, **_health_port_of(slot)} for slot in range(args.workers)]
+    requests_dir = system.settings.state_dir / "replace-requests" / str(os.getpid())
+    supervised = {"REPLACE_REQUESTS_DIR": str(requests_dir)}
+    envs = [
+        {**os.environ, **metrics_env, **prefetch_env, **_health_port_of(slot), **supervised}
+        for slot in range(args.workers)
+    ]
     recorder = SlotRecorder(system.database, queues=args.queues)
     supervisor = Supervisor(
         [command] * args.workers,
@@ -419,6 +444,7 @@ def _run(args: argparse.Namespace) -> int:
         max_crashes=system.settings.worker_max_crashes,
         crash_window_ms=system.settings.worker_crash_window_ms,
         on_change=recorder.record,
+        requests_dir=requests_dir,
     )
     signal.signal(signal.SIGTERM, supervisor.stop)
     signal.signal(signal.SIGINT, supervisor.stop)

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 import redis
 from sqlalchemy import create_engine, text
@@ -68,6 +68,18 @@ def run_python(env: Mapping[str, str], code: str, *, timeout_s: float = 60) -> s
 
 def run_ops(env: Mapping[str, str], *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
     return _run_interpreter(env, ["-m", "ops", *args], timeout_s=timeout_s)
+
+
+def start_ops_workers(env: Mapping[str, str], *args: str, log: IO[bytes]) -> subprocess.Popen:
+    """``python -m ops workers ARGS`` in its own process group, its output (and its workers') to ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ops", "workers", *args],
+        env=process_env(env),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _run_interpreter(env: Mapping[str, str], arguments: list[str], *, timeout_s: float) -> subprocess.CompletedProcess:

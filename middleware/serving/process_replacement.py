@@ -1,12 +1,19 @@
-"""Replacing one ``dramatiq`` worker process without losing any work or stopping the command.
+"""Replacing one ``dramatiq`` worker process without losing any work.
 
 When a worker process exits, the ``dramatiq`` master takes it for a crash: it stops all its other
-processes and exits. On SIGHUP, instead, it stops them all gracefully (a checkpointed job hands its
-message back, another finishes within the shutdown timeout, prefetched messages go back) and
-starts itself again, with the same pid. So a process to be replaced (recycled, or stuck in C code
-past its hard time limit) asks its master for that reload. Under ``python -m ops workers`` each
-master runs one process, so only that one is replaced; a master of ``--processes N`` replaces all
-N at once.
+processes and exits. So a process to be replaced (recycled, or stuck in C code past its hard time
+limit) asks for it, and every other process of its master is stopped gracefully first (a
+checkpointed job hands its message back, another finishes within the shutdown timeout,
+prefetched messages go back):
+
+- under ``python -m ops workers`` (``requests_dir`` set: each master runs one process), it
+  leaves a request naming its master and the reason, and sends the master SIGTERM. The master
+  stops and exits; the supervisor finds the request and starts the slot again at once, as a
+  replacement, not a crash. The other slots keep serving.
+- under a plain ``dramatiq`` command it sends the master SIGHUP, on which Dramatiq stops its
+  processes and starts itself again with the same pid: all of its ``--processes`` are replaced.
+  Dramatiq never reaps the fork processes of the image it replaces: each such reload leaves them
+  as zombies (a process-table entry each, no memory) until the command exits.
 """
 
 from __future__ import annotations
@@ -35,9 +42,29 @@ def dramatiq_master_pid(pid: int | None = None) -> int | None:
     return parent if ours else None
 
 
-def ask_master_to_replace_its_processes(master_pid: int) -> None:
-    """SIGHUP: the master stops its processes gracefully and starts again (see the module's docstring)."""
-    os.kill(master_pid, signal.SIGHUP)
+def ask_master_to_replace_its_processes(master_pid: int, *, reason: str, requests_dir: Path | None) -> None:
+    """Have ``master_pid``'s processes stopped gracefully and started again (see the module's docstring)."""
+    if requests_dir is None:
+        os.kill(master_pid, signal.SIGHUP)
+        return
+    requests_dir.mkdir(parents=True, exist_ok=True)
+    request_path(requests_dir, master_pid).write_text(reason)
+    os.kill(master_pid, signal.SIGTERM)
+
+
+def request_path(requests_dir: Path, master_pid: int) -> Path:
+    return requests_dir / f"{master_pid}.replace"
+
+
+def take_replace_request(requests_dir: Path, master_pid: int) -> str | None:
+    """The reason a slot's master (now exited) was asked to stop for a replacement, or None: it crashed."""
+    path = request_path(requests_dir, master_pid)
+    try:
+        reason = path.read_text()
+    except FileNotFoundError:
+        return None
+    path.unlink(missing_ok=True)
+    return reason
 
 
 def _parent_of(pid: int) -> int | None:

@@ -18,7 +18,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from sqlalchemy import create_engine, func, select
 from actors.tables import transcript_segments
 from middleware.dead_letters import dead_letters
 from ops.recordings import make_long_recording
-from tests.harness import ROOT, free_port, process_env, run_ops, run_python, wait_until
+from tests.harness import free_port, run_ops, run_python, start_ops_workers, wait_until
 from tests.tcp_proxy import TcpProxy
 
 SEGMENT_MS = 3_000
@@ -151,14 +150,7 @@ def run_chaos(
     engine = create_engine(database_url)
     log_path = tmp_path / "workers.log"
     log = log_path.open("wb")
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "ops", "workers", "--workers", "2", "--grace", "30"],
-        env=process_env(env),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    supervisor = start_ops_workers(env, "--workers", "2", "--grace", "30", log=log)
     try:
         sent = run_python(
             env,

@@ -8,15 +8,13 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests import harness
-from tests.harness import ROOT, process_env, run_ops, wait_until
+from tests.harness import run_ops, start_ops_workers, wait_until
 
 
 def children(pid: int) -> list[int]:
@@ -40,14 +38,7 @@ def test_a_killed_worker_is_restarted_and_its_sibling_is_untouched(
     health_port = _two_free_ports()
     env = {**broker_env, "DATABASE_URL": database_url, "WORKER_HEALTH_PORT": str(health_port)}
     log = (tmp_path / "supervisor.log").open("wb")
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "ops", "workers", "--workers", "2", "--grace", "20"],
-        env=process_env(env),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    supervisor = start_ops_workers(env, "--workers", "2", "--grace", "20", log=log)
     try:
         masters = wait_until(
             lambda: len(children(supervisor.pid)) == 2 and children(supervisor.pid),
@@ -84,14 +75,7 @@ def test_a_worker_that_crashes_at_every_boot_is_stopped_after_its_max_crashes(
 ) -> None:
     env = {**broker_env, "DATABASE_URL": sqlite_url, "WORKER_MAX_CRASHES": "3", "WORKER_CRASH_WINDOW_MS": "60000"}
     with (tmp_path / "supervisor.log").open("wb") as log:
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "ops", "workers", "--workers", "1", "--modules", "tests.crash_at_boot"],
-            env=process_env(env),
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        supervisor = start_ops_workers(env, "--workers", "1", "--modules", "tests.crash_at_boot", log=log)
         try:
             code = supervisor.wait(timeout=60)
         finally:

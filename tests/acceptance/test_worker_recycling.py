@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,20 +18,23 @@ from sqlalchemy import create_engine, func, select
 from actors.tables import transcript_segments
 from middleware.job_status import COMPLETED
 from middleware.storage.tables import dead_letters, job_status
-from tests.harness import ROOT, WorkerProcess, process_env, run_python, wait_until
+from tests.harness import WorkerProcess, run_python, start_ops_workers, wait_until
 
 JOBS, STEPS = 12, 3
 
 
-def run_load(env: dict[str, str], tmp_path: Path, send: str) -> tuple[list, str]:
-    """Start one supervised worker, send the jobs, wait for all of them; returns the rows and the log."""
-    log_path = tmp_path / "supervisor.log"
+def run_load(env: dict[str, str], tmp_path: Path, send: str, *, supervised: bool = True) -> tuple[list, str]:
+    """Start one worker (under ``python -m ops workers``, or a plain ``dramatiq`` command), send the jobs,
+    wait for all of them; returns the rows and the log."""
+    log_path = tmp_path / "workers.log"
     with log_path.open("wb") as log:
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "ops", "workers", "--workers", "1", "--queues", "chaos",
-             "--modules", "tests.chaos_actors"],
-            env=process_env(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        if supervised:
+            supervisor = start_ops_workers(
+                env, "--workers", "1", "--queues", "chaos", "--modules", "tests.chaos_actors", log=log
+            )
+        else:
+            plain = WorkerProcess(env, queues=["chaos"], modules=("tests.chaos_actors",), log_path=log_path)
+            supervisor = plain.process
         engine = create_engine(env["DATABASE_URL"])
         try:
             wait_until(
@@ -51,9 +52,13 @@ def run_load(env: dict[str, str], tmp_path: Path, send: str) -> tuple[list, str]
             with engine.connect() as connection:
                 rows = list(connection.execute(select(transcript_segments)))
                 assert list(connection.execute(select(dead_letters))) == []
+            assert supervisor.poll() is None, "the command itself never stopped"
         finally:
-            os.kill(supervisor.pid, signal.SIGTERM)
-            supervisor.wait(timeout=60)
+            if supervised:
+                os.kill(supervisor.pid, signal.SIGTERM)
+                supervisor.wait(timeout=60)
+            else:
+                plain.stop(timeout_s=60)
             engine.dispose()
     return rows, log_path.read_text(errors="replace")
 
@@ -75,6 +80,21 @@ def test_a_worker_is_replaced_after_its_max_jobs_and_loses_nothing(
     writers = {row.text for row in rows}
     assert len(writers) >= 3 and set(recycled) <= writers, "the jobs ran in successive processes"
     assert "restarting it" not in log, "a recycled process is no crash for the supervisor"
+    # Each recycle is a replacement for the supervisor (the last may still be under way when the test stops it).
+    assert len(recycled) - 1 <= log.count("stopped to be replaced (recycled: it has run 4 jobs") <= len(recycled)
+
+
+@pytest.mark.parametrize(("broker_env", "database_url"), [("rabbitmq", "postgresql")], indirect=True)
+def test_a_plain_dramatiq_command_replaces_its_own_process_after_its_max_jobs(
+    broker_env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    env = {**broker_env, "DATABASE_URL": database_url, "WORKER_MAX_JOBS": "4"}
+    rows, log = run_load(env, tmp_path, f"checkpointed_rows.send(f'job-{{job}}', {STEPS}, 0.02)", supervised=False)
+    assert_every_step_stored_once(rows)
+    recycled = re.findall(r"Worker process (\d+) is recycled: it has run 4 jobs", log)
+    assert len(recycled) >= 2, log
+    assert log.count("Sending signal 'SIGHUP' to subprocesses") == len(recycled), "the master reloaded itself"
+    assert "exited unexpectedly" not in log
 
 
 @pytest.mark.parametrize(("broker_env", "database_url"), [("redis", "sqlite")], indirect=True)

@@ -144,6 +144,32 @@ def test_exit_code_2_is_not_restarted_and_stops_every_slot(run_supervisor: Run) 
     assert supervisor.slots[1].process.poll() is not None, "no worker is left behind"
 
 
+def test_a_worker_that_asked_to_be_replaced_is_started_again_and_that_is_no_crash(
+    run_supervisor: Run, tmp_path: Path
+) -> None:
+    # The first run asks as middleware.serving.process_replacement does (for its own pid: here it is its
+    # own master), then exits with code 1; the replacement runs on until the test stops it.
+    asks = f"""
+import os, pathlib, sys, time
+from middleware.serving.process_replacement import request_path
+directory = pathlib.Path({str(tmp_path)!r})
+if (directory / "asked").exists():
+    time.sleep(120)
+(directory / "asked").touch()
+request_path(directory, os.getpid()).write_text("recycled: it has run 4 jobs")
+sys.exit(1)
+"""
+    supervisor, recorded, result = run_supervisor([[sys.executable, "-c", asks]], max_crashes=1, requests_dir=tmp_path)
+    wait_until(lambda: recorded.states(0) == [RUNNING, RESTARTING, RUNNING], timeout_s=20, what="the replacement")
+    [slot] = supervisor.slots
+    assert slot.crashes.crashes_ms == [], "max_crashes=1: counted as a crash, it would be stopped"
+    assert slot.last_exit_reason.startswith("replaced after ") and slot.last_exit_reason.endswith(
+        ": recycled: it has run 4 jobs"
+    )
+    assert list(tmp_path.glob("*.replace")) == [], "the request is taken once"
+    assert result == []
+
+
 def slot_of(number: int, *, state: str = RUNNING) -> Slot:
     """A slot whose worker has run (and exited), in ``state``."""
     slot = Slot(number, RUNS, CrashWindow(max_crashes=3, window_ms=1000), state=state)
