@@ -101,9 +101,14 @@ def test_a_plain_dramatiq_command_replaces_its_own_process_after_its_max_jobs(
 def test_a_worker_over_its_max_rss_is_replaced_mid_job_and_the_job_resumes(
     broker_env: dict[str, str], database_url: str, tmp_path: Path
 ) -> None:
-    # Each step keeps 40 MB for good: a process passes the cap during its third job or so.
+    # The first job (run first: one thread, a prefetch of 1) keeps 200 MB per 2 s step for good: from
+    # about 90 MB at boot, a process passes the cap as a step starts, the memory thread sees it within a
+    # second, and the graceful stop (under a second) comes well inside the step: the job is stopped mid-way
+    # and resumes in the next process. The other jobs keep 5 MB per short step.
     env = {**broker_env, "DATABASE_URL": database_url, "WORKER_MAX_RSS_MB": "400"}
-    rows, log = run_load(env, tmp_path, f"growing_rows.send(f'job-{{job}}', {STEPS}, 0.3, 40)")
+    rows, log = run_load(
+        env, tmp_path, f"growing_rows.send(f'job-{{job}}', {STEPS}, 2.0 if job == 0 else 0.1, 200 if job == 0 else 5)"
+    )
     assert_every_step_stored_once(rows)
     recycled = re.findall(
         r"Worker process (\d+) is recycled: its resident memory is (\d+) MB \(WORKER_MAX_RSS_MB=400\)", log
