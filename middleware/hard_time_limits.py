@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import Middleware, TimeLimit
+from dramatiq.middleware import Middleware
 
 from middleware.metrics import count_hard_limit_kill
+from middleware.routing import default_time_limit_ms, time_limit_ms
 from middleware.serving.process_replacement import ask_master_to_replace_its_processes, dramatiq_master_pid
 from middleware.serving.processes import process_alive
 
@@ -130,8 +131,7 @@ class HardTimeLimits(Middleware):
         master_pid = dramatiq_master_pid()
         if master_pid is None:  # an in-process worker (tests, scripts): no watcher runs for it
             return
-        limits = [middleware.time_limit for middleware in broker.middleware if isinstance(middleware, TimeLimit)]
-        self._default_limit_ms = limits[0] if limits else None
+        self._default_limit_ms = default_time_limit_ms(broker)
         self.board = DeadlineBoard(board_path(self.directory, master_pid, os.getpid()), worker.worker_threads)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -143,7 +143,7 @@ class HardTimeLimits(Middleware):
         if self.board is None:
             return
         actor = broker.get_actor(message.actor_name)
-        limit_ms = message.options.get("time_limit") or actor.options.get("time_limit") or self._default_limit_ms
+        limit_ms = time_limit_ms(message, actor, self._default_limit_ms)
         slot = self._slot()
         if limit_ms is None or slot is None:
             return

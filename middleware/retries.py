@@ -52,7 +52,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq import ActorNotFound, Retry
-from dramatiq.middleware import Middleware, Shutdown, TimeLimit, TimeLimitExceeded
+from dramatiq.middleware import Middleware, Shutdown, TimeLimitExceeded
 
 from middleware.brokers.reliable_enqueue import enqueue_until_accepted
 from middleware.dead_letters import NO_PROGRESS, TIME_LIMIT
@@ -66,7 +66,7 @@ from middleware.policies.failure_decision import (
     delivery_superseded,
 )
 from middleware.policies.retry_policies import RetryPolicy
-from middleware.routing import escalated
+from middleware.routing import default_time_limit_ms, escalated, time_limit_ms
 from middleware.storage.database_outages import DatabaseOutages
 
 logger = logging.getLogger("middleware.retries.Retries")
@@ -205,7 +205,7 @@ class Retries(Middleware):
         after = "before its first checkpoint" if position is None else f"after position {position!r}"
         if isinstance(exception, TimeLimitExceeded):
             kind = TIME_LIMIT
-            limit_ms = _time_limit_ms(broker, message)
+            limit_ms = time_limit_ms(message, broker.get_actor(message.actor_name), default_time_limit_ms(broker))
             limit = f"its time limit of {limit_ms / 1000:g} s" if limit_ms else "its time limit"
             text = (
                 f"stopped by {limit} {stalled} times in a row without saving a checkpoint, {after}: one step "
@@ -254,16 +254,6 @@ class Retries(Middleware):
             explicit = exception.delay if isinstance(exception, Retry) else None
             delay_ms = explicit if explicit is not None else policy.delay_ms(attempt)
         return FailureDecision(classification, attempt, policy.attempts, will_retry, delay_ms)
-
-
-def _time_limit_ms(broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> float | None:
-    """The limit that stopped the delivery: the message's own, its actor's, or the TimeLimit middleware's."""
-    actor = broker.get_actor(message.actor_name)
-    limit = message.options.get("time_limit") or actor.options.get("time_limit")
-    if limit:
-        return limit
-    defaults = [middleware.time_limit for middleware in broker.middleware if isinstance(middleware, TimeLimit)]
-    return defaults[0] if defaults else None
 
 
 def _last_position() -> Any:

@@ -118,8 +118,21 @@ def longest_time_limit_ms(broker: dramatiq.Broker, actor: dramatiq.Actor) -> flo
         return _routing_of(broker).large_time_limit_ms
     if actor.options.get("time_limit") is not None:
         return actor.options["time_limit"]
+    default = default_time_limit_ms(broker)
+    return math.inf if default is None else default
+
+
+def default_time_limit_ms(broker: dramatiq.Broker) -> float | None:
+    """The TimeLimit middleware's limit for messages and actors that set none (None without one)."""
     limits = [middleware.time_limit for middleware in broker.middleware if isinstance(middleware, TimeLimit)]
-    return limits[0] if limits else math.inf
+    return limits[0] if limits else None
+
+
+def time_limit_ms(
+    message: dramatiq.Message | dramatiq.MessageProxy, actor: dramatiq.Actor, default: float | None
+) -> float | None:
+    """The limit a delivery runs under, as TimeLimit reads it: the message's, its actor's, or ``default``."""
+    return message.options.get("time_limit") or actor.options.get("time_limit") or default
 
 
 def _routing_of(broker: dramatiq.Broker) -> DurationRouting:
